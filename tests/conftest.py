@@ -1,0 +1,59 @@
+"""Shared test fixtures: one Ray per test session, tiny models built once, nothing from ../shared."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_cache(tmp_path_factory):
+    """Tiny models go to a per-session cache; nothing may reach a model hub."""
+    cache = tmp_path_factory.mktemp("selma-cache")
+    saved = {k: os.environ.get(k) for k in ("SELMA_RAY_CACHE", "HF_HUB_OFFLINE", "RAY_AUTH_MODE")}
+    os.environ["SELMA_RAY_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield cache
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_models(_offline_cache):
+    """Paths of the tiny SD pipeline and chat LLM, built once per session."""
+    from selma_ray.models import resolve_model
+
+    return {"sd": resolve_model("tiny:sd"), "llm": resolve_model("tiny:llm")}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole test session (small object store)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=256 * 1024 * 1024,
+            include_dashboard=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()

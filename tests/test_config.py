@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import pytest
+
+from selma_ray.config import (
+    PRESETS,
+    ConfigError,
+    SelmaConfig,
+    fingerprint_hash,
+    load_config,
+)
+
+
+def test_default_is_tiny_and_offline():
+    cfg = load_config()
+    assert cfg.preset == "tiny"
+    assert cfg.prompts.engine == "scene-graph"
+    assert cfg.images.model == "tiny:sd"
+    assert [s.name for s in cfg.prompts.skills] == [
+        "localized_narratives",
+        "diffusiondb",
+        "countbench",
+        "coco",
+        "whoops",
+    ]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_validates(name):
+    cfg = load_config(preset=name)
+    assert cfg.preset == name
+
+
+def test_paper_settings_in_gpu_presets():
+    sd15 = load_config(preset="sd15")
+    assert (sd15.train.rank, sd15.train.learning_rate) == (128, 3e-4)
+    assert (sd15.train.batch_size, sd15.train.gradient_accumulation) == (16, 4)
+    assert (sd15.train.max_steps, sd15.train.resolution) == (5000, 512)
+    assert sd15.prompts.num_prompts == 1000
+    assert (sd15.prompts.examples_per_request, sd15.prompts.prompts_per_request) == (3, 20)
+    sdxl = load_config(preset="sdxl")
+    assert (sdxl.train.batch_size, sdxl.train.gradient_accumulation) == (4, 8)
+    assert (sdxl.train.learning_rate, sdxl.train.max_steps, sdxl.train.resolution) == (
+        1e-4,
+        10000,
+        1024,
+    )
+    # weak-to-strong: SD v2 draws, SDXL learns
+    assert "stable-diffusion-2" in sdxl.images.model
+    assert "xl" in sdxl.train.base_model
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(
+        overrides=["prompts.num_prompts=7", "prompts.skills=[coco, whoops]", "seed=3"]
+    )
+    assert cfg.prompts.num_prompts == 7
+    assert [s.name for s in cfg.prompts.skills] == ["coco", "whoops"]
+    assert cfg.seed == 3
+
+
+def test_file_preset_and_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: sd15\nprompts:\n  num_prompts: 50\n")
+    cfg = load_config(str(path), overrides=["prompts.num_prompts=60"])
+    assert cfg.preset == "sd15"
+    assert cfg.train.rank == 128
+    assert cfg.prompts.num_prompts == 60
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("prompts.num_promts=3", "prompts.num_promts: unknown key; allowed here:"),
+        ("prompts.vllm.dtype=fp8", "prompts.vllm.dtype: Input should be 'auto'"),
+        ("train.rank=0", "train.rank: Input should be greater than or equal to 1"),
+        ("bogus.key=1", "bogus: unknown key"),
+        ("prompts.engine=gpt", "prompts.engine: Input should be 'scene-graph'"),
+        ("prompts.skills=[nope]", "unknown skill 'nope'"),
+        ("images.min_actors=3", "min_actors (3) must be <= max_actors (1)"),
+        ("preset=sd3", "unknown preset 'sd3'"),
+    ],
+)
+def test_bad_values_name_the_field(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert expected in str(info.value)
+
+
+def test_user_skills_validated():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["prompts.skills=[{name: mine, instruction: '', seeds: []}]"])
+    text = str(info.value)
+    assert "prompts.skills[0].instruction" in text and "instruction is empty" in text
+    assert "prompts.skills[0].seeds" in text and "at least one" in text
+    cfg = load_config(
+        overrides=[
+            "prompts.skills=[{name: mine, instruction: Write about hats., seeds: [a red hat]}]"
+        ]
+    )
+    assert cfg.prompts.skills[0].word_limit == 30
+
+
+def test_builtin_skill_partial_override():
+    cfg = load_config(overrides=["prompts.skills=[{name: whoops, word_limit: 12}]"])
+    skill = cfg.prompts.skills[0]
+    assert skill.word_limit == 12 and len(skill.seeds) == 3
+
+
+def test_fingerprint_ignores_runtime_fields():
+    a = load_config()
+    b = load_config(overrides=["prompts.vllm.max_engines=8", "prompts.max_rounds=999"])
+    c = load_config(overrides=["prompts.num_prompts=99"])
+    fa, fb, fc = (fingerprint_hash(x.fingerprint(("prompts",))) for x in (a, b, c))
+    assert fa == fb
+    assert fa != fc
+
+
+def test_resolved_config_roundtrips():
+    cfg = load_config(preset="sdxl")
+    again = SelmaConfig.model_validate(__import__("yaml").safe_load(cfg.to_yaml()))
+    assert again == cfg
