@@ -1,0 +1,42 @@
+"""Ray for a run: connect to an existing cluster or start a local Ray for the run's duration."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from selma_ray.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[None]:
+    """Use the Ray already initialised in this process, else connect or start one.
+
+    Address precedence: ``ray.address`` in the config, then ``RAY_ADDRESS``, else a local Ray
+    started here and shut down on exit.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+        log.info("connected to Ray cluster at %s", address)
+    else:
+        if cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.object_store_memory_mb:
+            kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
+        ray.init(include_dashboard=False, **kwargs)
+        log.info("started a local Ray: %s", ray.cluster_resources())
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,30 @@
+"""Model references and tiny offline models: ``resolve_model`` and the ``tiny:*`` builders.
+
+``resolve_model(ref)`` turns a model reference into something ``from_pretrained`` loads: real
+hub ids and local paths pass through; ``tiny:sd`` / ``tiny:llm`` (``tiny:sd@SEED``) build a tiny,
+randomly initialised Stable Diffusion pipeline or chat LLM once into a cache directory, so the
+whole pipeline runs on a laptop through the same loading code as a real model.
+"""
+
+from selma_ray.models.registry import (
+    CACHE_ENV,
+    TINY_KINDS,
+    default_cache_dir,
+    is_tiny_ref,
+    resolve_model,
+    tiny_model_dir,
+)
+from selma_ray.models.tiny import FORMAT_VERSION, make_tiny, make_tiny_llm, make_tiny_sd
+
+__all__ = [
+    "CACHE_ENV",
+    "FORMAT_VERSION",
+    "TINY_KINDS",
+    "default_cache_dir",
+    "is_tiny_ref",
+    "make_tiny",
+    "make_tiny_llm",
+    "make_tiny_sd",
+    "resolve_model",
+    "tiny_model_dir",
+]

@@ -1,0 +1,144 @@
+"""Model references -> loadable paths: real ids pass through, ``tiny:*`` builds a cached copy.
+
+``resolve_model("stabilityai/stable-diffusion-2")`` and ``resolve_model("/models/x")`` return
+their argument unchanged; ``resolve_model("tiny:sd")`` / ``"tiny:llm"`` (optionally
+``"tiny:sd@3"`` for seed 3) return a directory under the cache dir, building it on first use.
+Callers then use the very same ``from_pretrained`` code for both.
+
+Builds are safe across threads and processes: each one is written into a temporary directory
+next to the target, finished with a ``.complete`` marker, and moved into place with one
+``os.rename``; whoever loses the race discards its copy. A directory without the marker is
+never returned. No Ray here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from selma_ray.models import tiny
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "CACHE_ENV",
+    "COMPLETE_MARKER",
+    "TINY_KINDS",
+    "TINY_PREFIX",
+    "default_cache_dir",
+    "is_tiny_ref",
+    "resolve_model",
+    "tiny_model_dir",
+]
+
+TINY_PREFIX = "tiny:"
+#: Environment variable that overrides the default cache directory.
+CACHE_ENV = "SELMA_RAY_CACHE"
+#: File written last into a finished build; its presence means "complete".
+COMPLETE_MARKER = ".complete"
+
+#: kind -> builder(path, seed). Looked up at call time (tests may swap a builder).
+_BUILDERS: dict[str, Callable[..., str]] = {
+    "sd": tiny.make_tiny_sd,
+    "llm": tiny.make_tiny_llm,
+}
+TINY_KINDS: tuple[str, ...] = tuple(_BUILDERS)
+
+_REF_RE = re.compile(r"^tiny:(?P<kind>[A-Za-z0-9_-]+)(?:@(?P<seed>-?\d+))?$")
+
+# One lock per target directory, so threads of one process build it once, not N times.
+_LOCKS_GUARD = threading.Lock()
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+def default_cache_dir() -> str:
+    """``$SELMA_RAY_CACHE`` if set, else ``~/.cache/selma-ray``."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "selma-ray")
+
+
+def is_tiny_ref(ref: str) -> bool:
+    """Whether ``ref`` is a ``tiny:`` reference (valid or not)."""
+    return ref.startswith(TINY_PREFIX)
+
+
+def _valid_refs() -> str:
+    return ", ".join(f"{TINY_PREFIX}{kind}[@SEED]" for kind in TINY_KINDS)
+
+
+def _parse(ref: str) -> tuple[str, int]:
+    match = _REF_RE.match(ref)
+    if match is None or match["kind"] not in _BUILDERS:
+        raise ValueError(f"unknown tiny model reference {ref!r}; valid: {_valid_refs()}")
+    return match["kind"], int(match["seed"] or 0)
+
+
+def tiny_model_dir(kind: str, seed: int, cache_dir: str | os.PathLike[str]) -> Path:
+    """Where the tiny model ``kind`` with ``seed`` lives (built or not) under ``cache_dir``."""
+    return Path(cache_dir) / "tiny" / f"{kind}-seed{seed}-v{tiny.FORMAT_VERSION}"
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / COMPLETE_MARKER).is_file()
+
+
+def _lock_for(target: Path) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(target), threading.Lock())
+
+
+def _discard(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _build(kind: str, seed: int, target: Path) -> None:
+    """Build into a temp dir beside ``target``, mark it complete, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not _is_complete(target):
+        # Not a build in progress (those live in temp dirs and arrive complete): a leftover
+        # from a copy or a crash. Move it aside atomically, then delete it.
+        stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex}")
+        try:
+            os.rename(target, stale)
+        except FileNotFoundError:
+            pass
+        else:
+            _discard(stale)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _BUILDERS[kind](str(tmp), seed=seed)
+        (tmp / COMPLETE_MARKER).write_text(f"{kind} seed={seed}\n", encoding="utf-8")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished first (target exists and is not empty): use theirs.
+            if not _is_complete(target):
+                raise
+    finally:
+        if tmp.exists():
+            _discard(tmp)
+
+
+def resolve_model(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """Return a path or id that ``from_pretrained`` can load for ``ref``.
+
+    Real hub ids and local paths are returned unchanged. ``tiny:sd`` / ``tiny:llm`` (with an
+    optional ``@SEED``, default 0) resolve to ``<cache>/tiny/<kind>-seed<seed>-v<FORMAT>``,
+    which is built on first use. Unknown ``tiny:`` kinds raise :class:`ValueError`.
+    """
+    if not is_tiny_ref(ref):
+        return ref
+    kind, seed = _parse(ref)
+    target = tiny_model_dir(kind, seed, cache_dir if cache_dir is not None else default_cache_dir())
+    if _is_complete(target):
+        return str(target)
+    with _lock_for(target):
+        if not _is_complete(target):
+            _build(kind, seed, target)
+    return str(target)
