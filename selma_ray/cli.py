@@ -1,0 +1,167 @@
+"""The ``selma-ray`` command line: the only place that parses arguments.
+
+Every command resolves a config (preset < --config file < --set overrides) and calls the same
+functions the jobs and tests call. Configuration and input errors exit with code 2 and a
+message naming the field or input at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from selma_ray.config import PRESETS, ConfigError, SelmaConfig, load_config
+
+EXIT_USAGE = 2
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (local path or fsspec URI)")
+    p.add_argument("--preset", choices=PRESETS, help="named preset to start from (default: tiny)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field (repeatable), e.g. --set prompts.num_prompts=100",
+    )
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-dir", help="run directory (path or fsspec URI); default ./selma-runs/<time>")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="discard a stage's outputs (and later stages') and run it again; 'all' for every stage",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selma_ray.pipeline import stage_names
+
+    parser = argparse.ArgumentParser(
+        prog="selma-ray",
+        description="SELMA on Ray: skill prompts -> images -> LoRA experts -> merge -> eval.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline's stages in order (resumes a run dir)")
+    _add_config_args(run)
+    _add_run_args(run)
+    run.add_argument(
+        "--stages",
+        help=f"comma-separated subset of {','.join(stage_names())} (default: all)",
+    )
+
+    prompts = sub.add_parser("prompts", help="stage 1 alone: generate skill prompts")
+    _add_config_args(prompts)
+    _add_run_args(prompts)
+    psub = prompts.add_subparsers(dest="prompts_command")
+    dedup = psub.add_parser("dedup", help="drop near-duplicate prompts (ROUGE-L, SELMA's rule)")
+    dedup.add_argument("--input", required=True, help="JSONL with a 'prompt' field, or plain lines")
+    dedup.add_argument("--output", required=True, help="kept prompts, same format, input order")
+    dedup.add_argument("--existing", help="prompts already kept (e.g. seeds), same formats")
+    dedup.add_argument("--threshold", type=float, default=0.8, help="ROUGE-L F above this = dup")
+
+    models = sub.add_parser("models", help="model utilities")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    tiny = msub.add_parser("make-tiny", help="write tiny offline SD and chat-LLM models to DIR")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+
+    config = sub.add_parser("config", help="show or check a resolved config")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    for name, text in (("show", "print the resolved config as YAML"), ("validate", "check only")):
+        c = csub.add_parser(name, help=text)
+        _add_config_args(c)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> SelmaConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "address", None):
+        overrides.append(f"ray.address={args.address}")
+    return load_config(args.config, preset=args.preset, overrides=overrides)
+
+
+def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
+    from selma_ray.pipeline import run_pipeline
+
+    cfg = resolve_config(args)
+    summary = run_pipeline(
+        cfg,
+        args.run_dir,
+        stages=stages,
+        redo=args.redo,
+        progress=not args.no_progress,
+    )
+    print(f"\nrun directory: {summary.run_dir}")
+    for name in summary.skipped:
+        print(f"  {name}: already done with this config (skipped)")
+    for name in summary.ran:
+        state = "incomplete" if name in summary.incomplete else "done"
+        print(f"  {name}: {state} in {summary.seconds[name]:.1f} s")
+    for note in summary.notes:
+        print(f"  note: {note}")
+    print(f"manifest: {summary.run_dir}/manifest.json")
+    return 0
+
+
+def _cmd_dedup(args: argparse.Namespace) -> int:
+    from selma_ray.prompts.dedup import dedup_file
+
+    counts = dedup_file(args.input, args.output, args.existing, threshold=args.threshold)
+    print(json.dumps(counts))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "run":
+            stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            return _cmd_run(args, stages)
+        if args.command == "prompts":
+            if args.prompts_command == "dedup":
+                return _cmd_dedup(args)
+            return _cmd_run(args, ["prompts"])
+        if args.command == "models":
+            from selma_ray.models.tiny import make_tiny
+
+            paths = make_tiny(args.dir, seed=args.seed)
+            for kind, path in paths.items():
+                print(f"{kind}: {path}")
+            return 0
+        if args.command == "config":
+            cfg = resolve_config(args)
+            if args.config_command == "show":
+                print(cfg.to_yaml(), end="")
+            else:
+                print("config is valid")
+            return 0
+    except ConfigError as e:
+        print(f"selma-ray: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError) as e:
+        print(f"selma-ray: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The orchestrator: SELMA's stages in order, each skipped when its finished work is reusable.
+
+A stage is a name, the config sections its outputs depend on (its own and upstream ones), the
+run-directory folders it owns, whether it needs Ray, and a function ``run(ctx) -> counts``.
+Later stages plug in by appending to :data:`STAGES`. The manifest decides what to do:
+
+- done, same config fingerprint: skipped (no work);
+- never run, running (killed) or incomplete, same fingerprint: run, resuming its own saved state;
+- any status, different fingerprint: refused, naming the changed fields, unless the stage is
+  passed in ``redo`` (its outputs and everything downstream are then discarded and rebuilt).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from selma_ray.config import ConfigError, SelmaConfig, fingerprint_hash
+from selma_ray.storage import Manifest, RunDir
+
+log = logging.getLogger(__name__)
+
+
+class ConfigChangedError(ConfigError):
+    """A stage already ran in this run directory with different settings."""
+
+
+@dataclass
+class StageContext:
+    cfg: SelmaConfig
+    run_dir: RunDir
+    progress: bool = False
+    notes: list[str] = field(default_factory=list)  # warnings to show at the end of the run
+
+
+@dataclass(frozen=True)
+class StageResult:
+    counts: dict[str, Any]
+    complete: bool = True  # False: stopped short (e.g. a prompt target not reached)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[[StageContext], StageResult]
+    needs_ray: Callable[[SelmaConfig], bool] = lambda cfg: True
+
+
+def _run_prompts(ctx: StageContext) -> StageResult:
+    from selma_ray.prompts.engines import make_engine
+    from selma_ray.prompts.stage import generate_prompts, shortfalls
+
+    engine = make_engine(ctx.cfg.prompts, seed=ctx.cfg.seed, cache_dir=ctx.cfg.storage.cache_dir)
+    try:
+        stats = generate_prompts(
+            ctx.cfg.prompts, ctx.run_dir, engine, seed=ctx.cfg.seed, progress=ctx.progress
+        )
+    finally:
+        engine.close()
+    short = shortfalls(stats)
+    ctx.notes.extend(f"prompts {line}" for line in short)
+    counts = {name: s["accepted"] for name, s in stats.items()}
+    return StageResult(counts=counts, complete=not short)
+
+
+STAGES: list[Stage] = [
+    Stage(
+        name="prompts",
+        sections=("prompts",),
+        outputs=("prompts",),
+        run=_run_prompts,
+        needs_ray=lambda cfg: cfg.prompts.engine == "vllm",
+    ),
+]
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def select_stages(names: list[str] | None) -> list[Stage]:
+    if not names:
+        return list(STAGES)
+    known = stage_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        msg = f"--stages: unknown stage(s) {unknown}; stages are {known} (run in that order)"
+        raise ConfigError(msg)
+    return [s for s in STAGES if s.name in names]
+
+
+def default_run_dir() -> str:
+    return f"selma-runs/{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_pipeline(
+    cfg: SelmaConfig,
+    run_dir: str | None = None,
+    *,
+    stages: list[str] | None = None,
+    redo: list[str] | tuple[str, ...] = (),
+    progress: bool = False,
+) -> RunSummary:
+    """Run the selected stages (default: all) in order in ``run_dir``; see the module docstring."""
+    uri = run_dir or cfg.storage.run_dir or default_run_dir()
+    selected = select_stages(stages)
+    if "all" in redo:
+        redo = [s.name for s in selected]
+    select_stages(list(redo))  # validates names
+    rd = RunDir(uri)
+    rd.makedirs()
+    manifest = Manifest(rd)
+    summary = RunSummary(run_dir=uri)
+    plan = _plan(cfg, manifest, selected, set(redo))
+    rd.write_text(cfg.to_yaml(), "config.yaml")
+    ctx = StageContext(cfg=cfg, run_dir=rd, progress=progress)
+    with ExitStack() as stack:
+        ray_started = False
+        for stage, fingerprint, action in plan:
+            if action == "skip":
+                log.info("stage %s: done with the same config, skipped", stage.name)
+                summary.skipped.append(stage.name)
+                continue
+            if action == "redo":
+                _discard(rd, manifest, stage)
+            if stage.needs_ray(cfg) and not ray_started:
+                from selma_ray.distributed.runtime import ray_session
+
+                stack.enter_context(ray_session(cfg.ray))
+                ray_started = True
+            log.info("stage %s: running", stage.name)
+            manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))
+            t0 = time.perf_counter()
+            try:
+                result = stage.run(ctx)
+            except BaseException as e:
+                manifest.fail(stage.name, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
+                raise
+            seconds = time.perf_counter() - t0
+            manifest.finish(stage.name, result.counts, seconds, complete=result.complete)
+            summary.ran.append(stage.name)
+            summary.seconds[stage.name] = round(seconds, 3)
+            if not result.complete:
+                summary.incomplete.append(stage.name)
+    summary.notes = ctx.notes
+    return summary
+
+
+def _plan(
+    cfg: SelmaConfig, manifest: Manifest, selected: list[Stage], redo: set[str]
+) -> list[tuple[Stage, dict[str, Any], str]]:
+    """(stage, fingerprint, 'run' | 'skip' | 'redo') per stage; refuses changed configs."""
+    plan = []
+    downstream_of_redo = False
+    for stage in STAGES:
+        sections = tuple(dict.fromkeys(s for st in STAGES[: STAGES.index(stage) + 1] for s in st.sections))
+        fingerprint = cfg.fingerprint(sections)
+        status = manifest.status(stage.name)
+        changed = manifest.changes(stage.name, fingerprint)
+        if stage.name in redo or (downstream_of_redo and status is not None):
+            downstream_of_redo = True
+            action = "redo"
+        elif changed:
+            lines = "\n  ".join(changed)
+            msg = (
+                f"stage {stage.name} in {manifest.run_dir.uri} ran with a different config:\n  "
+                f"{lines}\nRun with --redo {stage.name} to discard its outputs (and everything "
+                "after it) and run it again, or use a new --run-dir."
+            )
+            raise ConfigChangedError(msg)
+        elif status == "done":
+            action = "skip"
+        else:
+            action = "run"
+        if stage in selected:
+            plan.append((stage, fingerprint, action))
+    return plan
+
+
+def _discard(rd: RunDir, manifest: Manifest, stage: Stage) -> None:
+    for folder in stage.outputs:
+        rd.remove(folder)
+    manifest.reset(stage.name)

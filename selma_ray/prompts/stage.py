@@ -1,0 +1,298 @@
+"""SELMA stage 1: the self-instruct loop that grows each skill's prompt pool to its target.
+
+Rounds run in lock-step over the skills still short of their target, so one engine call (one
+Ray Data job for vLLM) serves every skill per round. Per skill and round: sample K examples
+from the pool (seeds + accepted prompts) for each request, ask for M more, parse, drop
+near-duplicates of anything kept before (ROUGE-L), and save the pool. A killed run resumes at
+the next unfinished round; every random choice derives from (run seed, skill, round), so a
+resumed run makes the same requests an uninterrupted one would.
+
+Outputs in the run directory, per skill: ``prompts/<skill>.jsonl`` and ``.parquet`` (rows:
+id, skill, prompt, engine, model, round, questions) and ``prompts/stats.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from selma_ray.config import PromptsConfig
+from selma_ray.prompts.dedup import filter_near_duplicates
+from selma_ray.prompts.engines.base import GenerationRequest, PromptEngine, as_completion
+from selma_ray.prompts.fewshot import build_request, parse_response, sample_examples
+from selma_ray.skills import Skill
+from selma_ray.storage import RunDir
+
+log = logging.getLogger(__name__)
+
+STAGE_DIR = "prompts"
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass
+class SkillState:
+    """Everything needed to resume one skill: accepted rows and counters, saved every round."""
+
+    skill: str
+    rounds: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    requested: int = 0
+    responses: int = 0
+    parsed: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "skill": self.skill,
+            "rounds": self.rounds,
+            "requested": self.requested,
+            "responses": self.responses,
+            "parsed": self.parsed,
+            "dropped": dict(self.dropped),
+            "seconds": round(self.seconds, 3),
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SkillState:
+        return cls(
+            skill=data["skill"],
+            rounds=data["rounds"],
+            rows=data["rows"],
+            requested=data["requested"],
+            responses=data["responses"],
+            parsed=data["parsed"],
+            dropped=Counter(data["dropped"]),
+            seconds=data["seconds"],
+        )
+
+    def stats(self, target: int) -> dict[str, Any]:
+        return {
+            "target": target,
+            "accepted": len(self.rows),
+            "rounds": self.rounds,
+            "requested": self.requested,
+            "responses": self.responses,
+            "parsed": self.parsed,
+            "dropped": dict(sorted(self.dropped.items())),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _state_path(skill: str) -> tuple[str, str]:
+    return (STAGE_DIR, "state", f"{skill}.json")
+
+
+def load_state(run_dir: RunDir, skill: str) -> SkillState:
+    if run_dir.exists(*_state_path(skill)):
+        return SkillState.from_json(run_dir.read_json(*_state_path(skill)))
+    return SkillState(skill=skill)
+
+
+def build_round(
+    skill: Skill, state: SkillState, cfg: PromptsConfig, seed: int
+) -> list[GenerationRequest]:
+    """The requests of the next round for one skill (deterministic in seed, skill, round)."""
+    rng = random.Random(derive_seed(seed, skill.name, state.rounds, "examples"))
+    pool = list(skill.seeds) + [r["prompt"] for r in state.rows]
+    return [
+        build_request(
+            skill,
+            sample_examples(pool, cfg.examples_per_request, rng),
+            n_items=cfg.prompts_per_request,
+            seed=derive_seed(seed, skill.name, state.rounds, "request", i),
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens,
+        )
+        for i in range(cfg.requests_per_round)
+    ]
+
+
+def absorb_round(
+    skill: Skill,
+    state: SkillState,
+    requests: list[GenerationRequest],
+    responses: list[Any],
+    cfg: PromptsConfig,
+    engine: PromptEngine,
+    model: str,
+) -> int:
+    """Parse one round's responses into the skill's pool; returns the number accepted."""
+    candidates: list[str] = []
+    for req, raw in zip(requests, responses, strict=True):
+        completion = as_completion(raw)
+        parsed = parse_response(
+            completion.text,
+            word_limit=skill.word_limit,
+            examples=req.examples,
+            truncated=completion.truncated,
+        )
+        state.parsed += parsed.candidates
+        state.dropped.update(parsed.dropped)
+        candidates.extend(parsed.items)
+    existing = list(skill.seeds) + [r["prompt"] for r in state.rows]
+    keep = filter_near_duplicates(candidates, existing, threshold=cfg.dedup_threshold)
+    kept = [c for c, k in zip(candidates, keep, strict=True) if k]
+    state.dropped["near_duplicate"] += len(candidates) - len(kept)
+    room = cfg.num_prompts - len(state.rows)
+    if len(kept) > room:
+        state.dropped["over_target"] += len(kept) - room
+        kept = kept[:room]
+    for text in kept:
+        questions = engine.questions_for(text)
+        state.rows.append(
+            {
+                "id": f"{skill.name}-{len(state.rows):05d}",
+                "skill": skill.name,
+                "prompt": text,
+                "engine": engine.name,
+                "model": model,
+                "round": state.rounds,
+                "questions": [q.to_dict() for q in questions] if questions is not None else None,
+            }
+        )
+    state.requested += len(requests) * cfg.prompts_per_request
+    state.responses += len(responses)
+    state.rounds += 1
+    return len(kept)
+
+
+def _progress_bars(skills: list[Skill], states: dict[str, SkillState], target: int, enabled: bool):
+    if not enabled:
+        return {}
+    from tqdm.auto import tqdm
+
+    width = max(len(s.name) for s in skills)
+    return {
+        s.name: tqdm(
+            total=target,
+            initial=len(states[s.name].rows),
+            desc=f"prompts {s.name:<{width}}",
+            position=i,
+            leave=True,
+            unit="prompt",
+        )
+        for i, s in enumerate(skills)
+    }
+
+
+def generate_prompts(
+    cfg: PromptsConfig,
+    run_dir: RunDir,
+    engine: PromptEngine,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the self-instruct loop for every skill until its target or ``max_rounds``.
+
+    Returns the per-skill stats; also writes them, and the prompts, into the run directory.
+    """
+    skills = list(cfg.skills)
+    states = {s.name: load_state(run_dir, s.name) for s in skills}
+    model = "scene-graph" if cfg.engine == "scene-graph" else cfg.model
+    bars = _progress_bars(skills, states, cfg.num_prompts, progress)
+    try:
+        while True:
+            active = [
+                s
+                for s in skills
+                if len(states[s.name].rows) < cfg.num_prompts
+                and states[s.name].rounds < cfg.max_rounds
+            ]
+            if not active:
+                break
+            plan = [(s, build_round(s, states[s.name], cfg, seed)) for s in active]
+            flat = [r for _, reqs in plan for r in reqs]
+            t0 = time.perf_counter()
+            responses = engine.generate(flat)
+            if len(responses) != len(flat):
+                msg = f"engine {engine.name} returned {len(responses)} texts for {len(flat)} requests"
+                raise RuntimeError(msg)
+            share = (time.perf_counter() - t0) / len(active)
+            offset = 0
+            for skill, reqs in plan:
+                state = states[skill.name]
+                t1 = time.perf_counter()
+                n_new = absorb_round(
+                    skill, state, reqs, responses[offset : offset + len(reqs)], cfg, engine, model
+                )
+                offset += len(reqs)
+                state.seconds += share + time.perf_counter() - t1
+                run_dir.write_json(state.to_json(), *_state_path(skill.name))
+                if skill.name in bars:
+                    bars[skill.name].update(n_new)
+                log.debug("%s round %d: +%d", skill.name, state.rounds, n_new)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    return write_outputs(cfg, run_dir, states)
+
+
+PARQUET_COLUMNS = ("id", "skill", "prompt", "engine", "model", "round", "questions")
+
+
+def write_outputs(
+    cfg: PromptsConfig, run_dir: RunDir, states: dict[str, SkillState]
+) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stats: dict[str, Any] = {}
+    for name, state in states.items():
+        run_dir.write_jsonl(state.rows, STAGE_DIR, f"{name}.jsonl")
+        table = pa.table(
+            {
+                **{c: [r[c] for r in state.rows] for c in PARQUET_COLUMNS if c != "questions"},
+                # questions as JSON text: one schema whatever the engine (None when unknown)
+                "questions": [
+                    None if r["questions"] is None else json.dumps(r["questions"])
+                    for r in state.rows
+                ],
+            },
+            schema=pa.schema(
+                [
+                    ("id", pa.string()),
+                    ("skill", pa.string()),
+                    ("prompt", pa.string()),
+                    ("engine", pa.string()),
+                    ("model", pa.string()),
+                    ("round", pa.int64()),
+                    ("questions", pa.string()),
+                ]
+            ),
+        )
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        run_dir.write_bytes(buf.getvalue(), STAGE_DIR, f"{name}.parquet")
+        stats[name] = state.stats(cfg.num_prompts)
+    run_dir.write_json(stats, STAGE_DIR, "stats.json")
+    return stats
+
+
+def shortfalls(stats: dict[str, Any]) -> list[str]:
+    """'skill: reached X of Y after N rounds' for every skill short of its target."""
+    return [
+        f"{name}: reached {s['accepted']} of {s['target']} after {s['rounds']} rounds"
+        for name, s in stats.items()
+        if s["accepted"] < s["target"]
+    ]
+
+
+def read_prompts(run_dir: RunDir, skill: str) -> list[dict[str, Any]]:
+    """The accepted prompts of one skill, as written by :func:`generate_prompts`."""
+    return run_dir.read_jsonl(STAGE_DIR, f"{skill}.jsonl")

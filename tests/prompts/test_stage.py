@@ -1,0 +1,93 @@
+"""The self-instruct loop: targets, stats, determinism, resume, and outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from selma_ray.config import load_config
+from selma_ray.prompts.dedup import reference_filter
+from selma_ray.prompts.engines import make_engine
+from selma_ray.prompts.stage import generate_prompts, load_state
+from selma_ray.storage import RunDir
+
+
+def _cfg(*extra):
+    return load_config(
+        overrides=["prompts.num_prompts=30", "prompts.prompts_per_request=8", *extra]
+    ).prompts
+
+
+def test_reaches_target_with_consistent_stats(tmp_path):
+    cfg = _cfg()
+    rd = RunDir(str(tmp_path))
+    stats = generate_prompts(cfg, rd, make_engine(cfg), seed=0)
+    assert set(stats) == {s.name for s in cfg.skills}
+    for skill in cfg.skills:
+        s = stats[skill.name]
+        assert s["accepted"] == 30
+        # 8 per request, 1 request per round: at least 4 rounds to reach 30
+        assert s["rounds"] >= 4 and s["requested"] == 8 * s["rounds"]
+        assert s["parsed"] == s["accepted"] + sum(s["dropped"].values())
+        rows = rd.read_jsonl("prompts", f"{skill.name}.jsonl")
+        assert [r["id"] for r in rows] == [f"{skill.name}-{i:05d}" for i in range(30)]
+        assert all(r["skill"] == skill.name and r["engine"] == "scene-graph" for r in rows)
+        assert all(len(r["prompt"].split()) <= skill.word_limit for r in rows)
+        # SELMA's rule holds on the output: no prompt is a near-duplicate of an earlier one
+        # or of a seed
+        texts = [r["prompt"] for r in rows]
+        assert all(reference_filter(texts, skill.seeds, threshold=0.8))
+        # scene-graph prompts come with their DSG questions
+        assert all(r["questions"] and r["questions"][0]["category_broad"] == "entity" for r in rows)
+        table = pq.read_table(rd.path("prompts", f"{skill.name}.parquet"))
+        assert table.column("prompt").to_pylist() == texts
+        assert json.loads(table.column("questions")[0].as_py()) == rows[0]["questions"]
+    assert rd.read_json("prompts", "stats.json") == stats
+
+
+def test_same_seed_same_prompts_other_seed_differs(tmp_path):
+    cfg = _cfg("prompts.skills=[coco, countbench]")
+    a = generate_prompts(cfg, RunDir(str(tmp_path / "a")), make_engine(cfg), seed=0)
+    b = generate_prompts(cfg, RunDir(str(tmp_path / "b")), make_engine(cfg), seed=0)
+    c = generate_prompts(cfg, RunDir(str(tmp_path / "c")), make_engine(cfg, seed=1), seed=1)
+    assert a.keys() == b.keys() == c.keys()
+    read = lambda d: RunDir(str(tmp_path / d)).read_jsonl("prompts", "coco.jsonl")  # noqa: E731
+    assert read("a") == read("b")
+    assert [r["prompt"] for r in read("a")] != [r["prompt"] for r in read("c")]
+
+
+def test_resume_continues_from_saved_rounds(tmp_path):
+    """Stopping after 2 rounds and going on gives exactly the uninterrupted result."""
+    full_cfg = _cfg("prompts.skills=[whoops]")
+    whole = RunDir(str(tmp_path / "whole"))
+    generate_prompts(full_cfg, whole, make_engine(full_cfg), seed=0)
+
+    parted = RunDir(str(tmp_path / "parted"))
+    stopped = _cfg("prompts.skills=[whoops]", "prompts.max_rounds=2")
+    stats = generate_prompts(stopped, parted, make_engine(stopped), seed=0)
+    assert stats["whoops"]["rounds"] == 2 and stats["whoops"]["accepted"] < 30
+    assert load_state(parted, "whoops").rounds == 2
+    # a fresh engine, as after a killed process
+    stats = generate_prompts(full_cfg, parted, make_engine(full_cfg), seed=0)
+    assert stats["whoops"]["accepted"] == 30
+    assert parted.read_jsonl("prompts", "whoops.jsonl") == whole.read_jsonl("prompts", "whoops.jsonl")
+    assert stats["whoops"]["rounds"] == whole.read_json("prompts", "stats.json")["whoops"]["rounds"]
+
+
+def test_stops_at_max_rounds_and_says_how_far(tmp_path):
+    from selma_ray.prompts.stage import shortfalls
+
+    cfg = _cfg("prompts.skills=[coco]", "prompts.max_rounds=1")
+    stats = generate_prompts(cfg, RunDir(str(tmp_path)), make_engine(cfg), seed=0)
+    assert stats["coco"]["rounds"] == 1
+    (line,) = shortfalls(stats)
+    assert line.startswith("coco: reached ") and "of 30 after 1 rounds" in line
+
+
+def test_works_on_memory_filesystem():
+    cfg = _cfg("prompts.skills=[coco]", "prompts.num_prompts=5")
+    rd = RunDir("memory://selma-stage-test/run")
+    stats = generate_prompts(cfg, rd, make_engine(cfg), seed=0)
+    assert stats["coco"]["accepted"] == 5
+    assert len(rd.read_jsonl("prompts", "coco.jsonl")) == 5
