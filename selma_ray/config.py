@@ -176,6 +176,17 @@ class ImagesConfig(Section):
     max_actors: int = Field(1, ge=1, json_schema_extra=RUNTIME)
     gpus_per_actor: float = Field(0.0, ge=0, json_schema_extra=RUNTIME)
     image_format: Literal["png", "jpeg"] = "png"
+    exact_per_image: bool = Field(
+        True,
+        description=(
+            "Denoise each image in its own UNet call so its bytes never depend on batch "
+            "composition; False batches prompts (faster on GPUs, reproducible only for the "
+            "same batching)."
+        ),
+    )
+    max_task_retries: int = Field(
+        3, ge=0, description="Retries of a batch whose actor died.", json_schema_extra=RUNTIME
+    )
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ImagesConfig:
