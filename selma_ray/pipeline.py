@@ -69,6 +69,24 @@ def _run_prompts(ctx: StageContext) -> StageResult:
     return StageResult(counts=counts, complete=not short)
 
 
+def _run_images(ctx: StageContext) -> StageResult:
+    from selma_ray.images.stage import run_images_stage
+
+    counts = run_images_stage(ctx.cfg, ctx.run_dir, progress=ctx.progress)
+    return StageResult(counts=counts)
+
+
+def _run_experts(ctx: StageContext) -> StageResult:
+    from selma_ray.training.stage import run_experts_stage
+
+    experts = run_experts_stage(ctx.cfg, ctx.run_dir)
+    counts = {
+        skill: {"steps": m["steps"], "selected_step": m["selected_step"]}
+        for skill, m in experts.items()
+    }
+    return StageResult(counts=counts)
+
+
 STAGES: list[Stage] = [
     Stage(
         name="prompts",
@@ -76,6 +94,10 @@ STAGES: list[Stage] = [
         outputs=("prompts",),
         run=_run_prompts,
         needs_ray=lambda cfg: cfg.prompts.engine == "vllm",
+    ),
+    Stage(name="images", sections=("images",), outputs=("images",), run=_run_images),
+    Stage(
+        name="experts", sections=("train",), outputs=("experts", "cache", "train"), run=_run_experts
     ),
 ]
 
@@ -169,7 +191,9 @@ def _plan(
     plan = []
     downstream_of_redo = False
     for stage in STAGES:
-        sections = tuple(dict.fromkeys(s for st in STAGES[: STAGES.index(stage) + 1] for s in st.sections))
+        sections = tuple(
+            dict.fromkeys(s for st in STAGES[: STAGES.index(stage) + 1] for s in st.sections)
+        )
         fingerprint = cfg.fingerprint(sections)
         status = manifest.status(stage.name)
         changed = manifest.changes(stage.name, fingerprint)

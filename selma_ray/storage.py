@@ -35,6 +35,9 @@ class RunDir:
         self.fs, root = fsspec.core.url_to_fs(self.uri)
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            # absolute, so Ray workers (whose working directory differs) find the same place
+            self.uri = self.root
 
     def __repr__(self) -> str:
         return f"RunDir({self.uri!r})"

@@ -1,4 +1,4 @@
-"""Shared test fixtures: one Ray per test session, tiny models built once, nothing from ../shared."""
+"""Shared fixtures: one Ray per test session, tiny models built once, nothing from ../shared."""
 
 from __future__ import annotations
 

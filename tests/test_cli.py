@@ -95,8 +95,12 @@ def test_killed_prompts_run_resumes_without_repeating_rounds(tmp_path):
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("prompts", "--run-dir", str(killed), *common), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("prompts", "--run-dir", str(killed), *common),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = killed / "prompts" / "state" / "whoops.json"
     deadline = time.time() + 120
     rounds_at_kill = 0
@@ -116,12 +120,22 @@ def test_killed_prompts_run_resumes_without_repeating_rounds(tmp_path):
     manifest = json.loads((killed / "manifest.json").read_text())
     assert manifest["stages"]["prompts"]["status"] == "running"
 
-    rerun = subprocess.run(_cli("prompts", "--run-dir", str(killed), *common), env=env,
-                           capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        _cli("prompts", "--run-dir", str(killed), *common),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     whole = tmp_path / "whole"
-    unbroken = subprocess.run(_cli("prompts", "--run-dir", str(whole), *common), env=env,
-                              capture_output=True, text=True, timeout=300)
+    unbroken = subprocess.run(
+        _cli("prompts", "--run-dir", str(whole), *common),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert unbroken.returncode == 0, unbroken.stderr[-2000:]
 
     for skill in ("coco", "whoops"):
@@ -135,10 +149,17 @@ def test_killed_prompts_run_resumes_without_repeating_rounds(tmp_path):
     for skill in ("coco", "whoops"):
         for key in ("rounds", "requested", "parsed", "dropped", "accepted"):
             assert stats_k[skill][key] == stats_w[skill][key], (skill, key)
-    assert json.loads((killed / "manifest.json").read_text())["stages"]["prompts"]["status"] == "done"
+    assert (
+        json.loads((killed / "manifest.json").read_text())["stages"]["prompts"]["status"] == "done"
+    )
     # a third run does nothing
     before = Path(killed / "prompts" / "coco.jsonl").stat().st_mtime_ns
-    again = subprocess.run(_cli("prompts", "--run-dir", str(killed), *common), env=env,
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        _cli("prompts", "--run-dir", str(killed), *common),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "already done" in again.stdout
     assert Path(killed / "prompts" / "coco.jsonl").stat().st_mtime_ns == before

@@ -13,9 +13,12 @@ def _cfg(*extra):
     return load_config(overrides=["prompts.num_prompts=6", "prompts.skills=[coco, whoops]", *extra])
 
 
+PROMPTS = ["prompts"]
+
+
 def test_run_records_manifest_and_config(tmp_path):
     uri = str(tmp_path / "run")
-    summary = run_pipeline(_cfg(), uri)
+    summary = run_pipeline(_cfg(), uri, stages=PROMPTS)
     assert summary.ran == ["prompts"] and not summary.incomplete
     rd = RunDir(uri)
     entry = rd.read_json("manifest.json")["stages"]["prompts"]
@@ -28,24 +31,24 @@ def test_run_records_manifest_and_config(tmp_path):
 
 def test_finished_stage_is_skipped(tmp_path):
     uri = str(tmp_path / "run")
-    run_pipeline(_cfg(), uri)
+    run_pipeline(_cfg(), uri, stages=PROMPTS)
     before = RunDir(uri).read_text("prompts", "coco.jsonl")
     # runtime-only settings may change without invalidating the stage
-    summary = run_pipeline(_cfg("prompts.max_rounds=7"), uri)
+    summary = run_pipeline(_cfg("prompts.max_rounds=7"), uri, stages=PROMPTS)
     assert summary.ran == [] and summary.skipped == ["prompts"]
     assert RunDir(uri).read_text("prompts", "coco.jsonl") == before
 
 
 def test_changed_config_is_refused_then_redone(tmp_path):
     uri = str(tmp_path / "run")
-    run_pipeline(_cfg(), uri)
+    run_pipeline(_cfg(), uri, stages=PROMPTS)
     with pytest.raises(ConfigChangedError) as info:
-        run_pipeline(_cfg("prompts.num_prompts=9"), uri)
+        run_pipeline(_cfg("prompts.num_prompts=9"), uri, stages=PROMPTS)
     assert "prompts.num_prompts: 6 -> 9" in str(info.value)
     assert "--redo prompts" in str(info.value)
     # nothing was lost by the refusal
     assert len(RunDir(uri).read_jsonl("prompts", "coco.jsonl")) == 6
-    summary = run_pipeline(_cfg("prompts.num_prompts=9"), uri, redo=["prompts"])
+    summary = run_pipeline(_cfg("prompts.num_prompts=9"), uri, stages=PROMPTS, redo=["prompts"])
     assert summary.ran == ["prompts"]
     assert len(RunDir(uri).read_jsonl("prompts", "coco.jsonl")) == 9
 
@@ -58,6 +61,41 @@ def test_unknown_stage_is_a_config_error(tmp_path):
 
 
 def test_run_dir_on_memory_filesystem():
-    summary = run_pipeline(_cfg(), "memory://selma-pipeline-test/run")
+    summary = run_pipeline(_cfg(), "memory://selma-pipeline-test/run", stages=PROMPTS)
     assert summary.ran == ["prompts"]
-    assert RunDir("memory://selma-pipeline-test/run").read_json("manifest.json")["stages"]["prompts"]["status"] == "done"
+    assert (
+        RunDir("memory://selma-pipeline-test/run").read_json("manifest.json")["stages"]["prompts"][
+            "status"
+        ]
+        == "done"
+    )
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_cluster, tiny_models, tmp_path):
+    """prompts -> images -> experts on the tiny models; a rerun skips every stage."""
+    small = [
+        "prompts.num_prompts=3",
+        "train.max_steps=2",
+        "train.checkpoint_every=2",
+        "train.batch_size=2",
+        "train.resolution=32",
+        "images.resolution=32",
+    ]
+    cfg = _cfg(*small, "images.steps=2")
+    uri = str(tmp_path / "run")
+    summary = run_pipeline(cfg, uri)
+    assert summary.ran == ["prompts", "images", "experts"]
+    rd = RunDir(uri)
+    for skill in ("coco", "whoops"):
+        meta = rd.read_jsonl("images", skill, "metadata.jsonl")
+        assert len(meta) == 3 and all(rd.exists("images", skill, m["file_name"]) for m in meta)
+        assert rd.exists("experts", skill, "pytorch_lora_weights.safetensors")
+        assert rd.read_json("experts", skill, "expert.json")["steps"] == 2
+    manifest = rd.read_json("manifest.json")["stages"]
+    assert [manifest[s]["status"] for s in ("prompts", "images", "experts")] == ["done"] * 3
+    again = run_pipeline(cfg, uri)
+    assert again.ran == [] and again.skipped == ["prompts", "images", "experts"]
+    # a changed image setting is refused (first at the images stage), naming the field
+    with pytest.raises(ConfigChangedError, match="stage images .*\n  images.steps: 2 -> 3"):
+        run_pipeline(_cfg(*small, "images.steps=3"), uri)

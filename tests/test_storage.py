@@ -43,7 +43,9 @@ def test_manifest_records_and_diffs(run_dir):
     assert again.status("prompts") == "done"
     assert again.stages["prompts"]["counts"] == {"coco": 5}
     assert again.changes("prompts", fp) == []
-    changed = again.changes("prompts", {"seed": 0, "prompts": {"num_prompts": 9, "engine": "scene-graph"}})
+    changed = again.changes(
+        "prompts", {"seed": 0, "prompts": {"num_prompts": 9, "engine": "scene-graph"}}
+    )
     assert changed == ["prompts.num_prompts: 5 -> 9"]
 
 

@@ -106,7 +106,11 @@ def clean_item(text: str) -> str:
     text = text.replace("**", "")
     text = _LABEL.sub("", text).strip()
     # strip matching or dangling quotes around the whole item
-    while len(text) >= 1 and text[0] in _QUOTES and (text.count(text[0]) % 2 == 1 or text[-1] in _QUOTES):
+    while (
+        len(text) >= 1
+        and text[0] in _QUOTES
+        and (text.count(text[0]) % 2 == 1 or text[-1] in _QUOTES)
+    ):
         text = text[1:].strip()
         if text and text[-1] in _QUOTES:
             text = text[:-1].strip()

@@ -221,7 +221,9 @@ def generate_prompts(
             t0 = time.perf_counter()
             responses = engine.generate(flat)
             if len(responses) != len(flat):
-                msg = f"engine {engine.name} returned {len(responses)} texts for {len(flat)} requests"
+                msg = (
+                    f"engine {engine.name} returned {len(responses)} texts for {len(flat)} requests"
+                )
                 raise RuntimeError(msg)
             share = (time.perf_counter() - t0) / len(active)
             offset = 0

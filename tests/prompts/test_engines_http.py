@@ -37,9 +37,15 @@ class _Scripted(BaseHTTPRequestHandler):
             self.wfile.write(b'{"error": "busy"}')
             return
         if self.path.endswith("/chat/completions"):
-            choice = {"message": {"content": "4. A red kite above a windy beach."}, "finish_reason": "stop"}
+            choice = {
+                "message": {"content": "4. A red kite above a windy beach."},
+                "finish_reason": "stop",
+            }
         else:
-            choice = {"text": " A red kite above a windy beach.\n5. A blue", "finish_reason": "length"}
+            choice = {
+                "text": " A red kite above a windy beach.\n5. A blue",
+                "finish_reason": "length",
+            }
         payload = json.dumps({"choices": [choice]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -74,7 +80,11 @@ def test_retries_on_429_and_5xx_then_succeeds(scripted_server, monkeypatch):
     assert out.text == "4. A red kite above a windy beach." and not out.truncated
     assert len(_Scripted.seen) == 3
     body = _Scripted.seen[-1]
-    assert body["model"] == "some-model" and body["seed"] == 1 and body["messages"][0]["role"] == "system"
+    assert (
+        body["model"] == "some-model"
+        and body["seed"] == 1
+        and body["messages"][0]["role"] == "system"
+    )
     assert _Scripted.headers_seen[-1]["Authorization"] == "Bearer sekret"
 
 

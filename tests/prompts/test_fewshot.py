@@ -21,7 +21,7 @@ def test_parses_the_usual_list_styles():
         "Sure! Here are more prompts:\n\n"
         "4. A red kite above a windy beach.\n"
         "5) Two kids sharing an umbrella in the rain\n"
-        "  6 .   \"A cat sleeping on a warm laptop.\"  \n"
+        '  6 .   "A cat sleeping on a warm laptop."  \n'
         "- A bus parked beside a fruit stand.\n"
         "* **A man repairing a bicycle in his garage.**\n"
         "\u2022 Prompt: A bowl of soup on a wooden table.\n"

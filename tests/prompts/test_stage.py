@@ -71,7 +71,9 @@ def test_resume_continues_from_saved_rounds(tmp_path):
     # a fresh engine, as after a killed process
     stats = generate_prompts(full_cfg, parted, make_engine(full_cfg), seed=0)
     assert stats["whoops"]["accepted"] == 30
-    assert parted.read_jsonl("prompts", "whoops.jsonl") == whole.read_jsonl("prompts", "whoops.jsonl")
+    assert parted.read_jsonl("prompts", "whoops.jsonl") == whole.read_jsonl(
+        "prompts", "whoops.jsonl"
+    )
     assert stats["whoops"]["rounds"] == whole.read_json("prompts", "stats.json")["whoops"]["rounds"]
 
 

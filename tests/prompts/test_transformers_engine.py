@@ -18,6 +18,8 @@ def test_batched_generate_is_seeded_and_flags_truncation(tiny_models):
     assert [c.text for c in first] == [c.text for c in again]
     # a random model rarely emits its end token within 12 tokens: those answers are cut
     assert any(c.truncated for c in first)
-    other = engine.generate([build_request(BUILTIN_SKILLS["coco"], ["a"], n_items=2, seed=99, max_tokens=12)])
+    other = engine.generate(
+        [build_request(BUILTIN_SKILLS["coco"], ["a"], n_items=2, seed=99, max_tokens=12)]
+    )
     assert other[0].text != first[0].text
     engine.close()

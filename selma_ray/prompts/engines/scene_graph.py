@@ -1227,7 +1227,7 @@ def _w_material(g: _Gen) -> str:
         g.e(oi).attrs.append(Attr("color", g.pick(obj.colors)))
     g.e(oi).attrs.append(Attr("material", mat, post=f"{made} {mat}"))
     g.s.defying = ("material", obj.name, mat)
-    O = _indef(g.e(oi))
+    obj_text = _indef(g.e(oi))
     eo = g.e(oi)
     place = g.place(domains=tuple(sorted(obj.domains)) or ())
     users = [
@@ -1244,9 +1244,9 @@ def _w_material(g: _Gen) -> str:
         P = _place_phrase(g, pi, place, 0.5)
         s = _indef(g.e(pi))
         return g.pick((
-            f"{s} {verb.gerund} {O} {P}",
-            f"{s} {verb.third} {O} {P}",
-            f"{s} is {verb.gerund} {O} {P}",
+            f"{s} {verb.gerund} {obj_text} {P}",
+            f"{s} {verb.third} {obj_text} {P}",
+            f"{s} is {verb.gerund} {obj_text} {P}",
         ))  # fmt: skip
     tail = ""
     if g.p(0.5, 1):
@@ -1257,10 +1257,10 @@ def _w_material(g: _Gen) -> str:
             tail = f"{_relate(g, oi, ti)} {_indef(g.e(ti))}"
     P = _place_phrase(g, oi, place, 0.5)
     return g.pick((
-        f"{O} {tail} {P}",
-        f"{_there(eo)} {O} {tail} {P}",
-        f"{g.pick(_PHOTO_PREFIXES[:8])} {O} {tail} {P}",
-        f"{O} {'stands' if obj.size in ('l', 'xl') else 'sits'} {tail or 'alone'} {P}",
+        f"{obj_text} {tail} {P}",
+        f"{_there(eo)} {obj_text} {tail} {P}",
+        f"{g.pick(_PHOTO_PREFIXES[:8])} {obj_text} {tail} {P}",
+        f"{obj_text} {'stands' if obj.size in ('l', 'xl') else 'sits'} {tail or 'alone'} {P}",
     ))  # fmt: skip
 
 
@@ -2051,7 +2051,7 @@ def _minimal(rng: random.Random, word_limit: int) -> tuple[str, Scene]:
     noun = rng.choice([t for t in V.THINGS if t.colors and " " not in t.name])
     color = rng.choice([c for c in noun.colors if " " not in c and "-" not in c] or ["red"])
     with_color = Ent(noun, attrs=[Attr("color", color)])
-    for e, text in (
+    for e, text in (  # noqa: B007 - the last e is used below
         (with_color, _indef(with_color)),
         (with_color, _core(with_color)),
         (Ent(noun), _indef(Ent(noun))),

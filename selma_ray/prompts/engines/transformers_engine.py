@@ -82,7 +82,9 @@ class TransformersEngine:
                 ids = row.tolist()
                 finished = tok.eos_token_id in ids
                 text = tok.decode(ids, skip_special_tokens=True)
-                out.append(Completion(prefix + text, truncated=not finished and len(ids) >= max_new))
+                out.append(
+                    Completion(prefix + text, truncated=not finished and len(ids) >= max_new)
+                )
         return out
 
     def questions_for(self, prompt: str) -> list[Question] | None:

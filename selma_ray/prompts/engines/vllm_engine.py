@@ -36,11 +36,12 @@ class VllmPredictor:
         from vllm import SamplingParams
 
         params = [
-            SamplingParams(
-                temperature=float(t), top_p=float(p), max_tokens=int(m), seed=int(s)
-            )
+            SamplingParams(temperature=float(t), top_p=float(p), max_tokens=int(m), seed=int(s))
             for t, p, m, s in zip(
-                batch["temperature"], batch["top_p"], batch["max_tokens"], batch["seed"],
+                batch["temperature"],
+                batch["top_p"],
+                batch["max_tokens"],
+                batch["seed"],
                 strict=True,
             )
         ]
@@ -49,7 +50,9 @@ class VllmPredictor:
             outputs = self.llm.chat(conversations, sampling_params=params, use_tqdm=False)
             prefixes = [""] * len(outputs)
         else:
-            outputs = self.llm.generate(list(batch["prompt"]), sampling_params=params, use_tqdm=False)
+            outputs = self.llm.generate(
+                list(batch["prompt"]), sampling_params=params, use_tqdm=False
+            )
             prefixes = [f"{int(i)}." for i in batch["start_index"]]
         texts = [pre + o.outputs[0].text for pre, o in zip(prefixes, outputs, strict=True)]
         truncated = [o.outputs[0].finish_reason == "length" for o in outputs]

@@ -1,0 +1,215 @@
+"""Stage 2 overhead: a bare single-process diffusers loop vs the Ray Data actor pool (1 and 2).
+
+Same model, prompts, seeds, step count, resolution and threads per worker everywhere. Each
+column draws ``--n`` images and writes them as PNG files:
+
+- ``bare``: one process, ``DiffusionPipeline`` + a Python loop (one image per call);
+- ``ray xN``: ``selma_ray.distributed.images.generate_images`` on a pool of N actors.
+
+Start-up (imports + pipeline load for the bare loop; Ray Data planning + actor start + load for
+Ray) is reported apart from the steady-state rate, which leaves out each worker's first image
+(warm-up). ``ray.init`` is timed on its own line.
+
+    python benchmarks/images.py                      # tiny:sd, 16 images, 4 steps, 64 px
+    python benchmarks/images.py --model stabilityai/stable-diffusion-2 --n 64 --steps 30 \\
+        --resolution 512 --gpus-per-actor 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any
+
+PROMPTS = (
+    "a red cat on a table",
+    "two dogs on the left of a person",
+    "a blue car next to three green trees",
+    "a photo of a kitchen with a white oven",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny:sd", help="diffusers id, local path or tiny:sd")
+    p.add_argument("--n", type=int, default=16, help="images per column")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=4, help="rows per actor batch")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (CPU)")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray CPUs (default: all)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="pool sizes to run")
+    p.add_argument("--batched", action="store_true", help="exact_per_image=False")
+    p.add_argument("--cache-dir", default=None, help="where tiny models are built")
+    return p.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from selma_ray.images.generate import plan_rows
+
+    prompts = [
+        {"id": f"bench-{i:05d}", "skill": "bench", "prompt": PROMPTS[i % len(PROMPTS)]}
+        for i in range(args.n)
+    ]
+    return plan_rows(prompts, 1, run_seed=0)
+
+
+def bare_loop(args: argparse.Namespace, rows: list[dict[str, Any]], out: str) -> dict[str, Any]:
+    """The baseline: load once, then one pipeline call + PNG write per image, in this process."""
+    t0 = time.perf_counter()
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from selma_ray.models import resolve_model
+
+    t_import = time.perf_counter() - t0
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    pipe = DiffusionPipeline.from_pretrained(
+        resolve_model(args.model, args.cache_dir), torch_dtype=dtype
+    ).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    t_ready = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    finished = []
+    for r in rows:
+        g = torch.Generator(device).manual_seed(r["seed"])
+        with torch.inference_mode():
+            image = pipe(
+                r["prompt"],
+                generator=g,
+                num_inference_steps=args.steps,
+                guidance_scale=7.5,
+                height=args.resolution,
+                width=args.resolution,
+            ).images[0]
+        image.save(os.path.join(out, r["file_name"]))
+        finished.append(time.perf_counter())
+    wall = time.perf_counter() - t0
+    steady = (len(rows) - 1) / (finished[-1] - finished[0]) if len(rows) > 1 else float("nan")
+    return {
+        "startup_s": t_ready,
+        "startup_note": f"imports {t_import:.1f} s + load",
+        "steady_ips": steady,
+        "wall_s": wall,
+        "e2e_ips": len(rows) / wall,
+        "workers": 1,
+    }
+
+
+def ray_pool(
+    args: argparse.Namespace, rows: list[dict[str, Any]], out: str, actors: int
+) -> dict[str, Any]:
+    from selma_ray.config import ImagesConfig
+    from selma_ray.distributed.images import generate_images
+
+    cfg = ImagesConfig(
+        model=args.model,
+        steps=args.steps,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        min_actors=1,
+        max_actors=actors,
+        gpus_per_actor=args.gpus_per_actor,
+        dtype="auto",
+        exact_per_image=not args.batched,
+    )
+    t0 = time.time()
+    res = generate_images(
+        rows,
+        cfg,
+        out,
+        args.cache_dir,
+        num_threads=args.threads if not args.gpus_per_actor else None,
+    )
+    wall = time.time() - t0
+    by_worker: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in res:
+        by_worker[r["worker_pid"]].append(r)
+    steady = 0.0
+    for wrows in by_worker.values():
+        ends = sorted(r["finished_at"] for r in wrows)
+        if len(ends) > 1:
+            steady += (len(ends) - 1) / (ends[-1] - ends[0])
+    ready = max(r["worker_ready_at"] for r in res) - t0
+    first_init = min(r["worker_init_started_at"] for r in res) - t0
+    return {
+        "startup_s": ready,
+        "startup_note": f"actor process up at {first_init:.1f} s",
+        "steady_ips": steady,
+        "wall_s": wall,
+        "e2e_ips": len(rows) / wall,
+        "workers": len(by_worker),
+    }
+
+
+def table(columns: dict[str, dict[str, Any]], ray_init_s: float | None) -> str:
+    base = columns["bare"]["steady_ips"]
+    lines: list[tuple[str, list[str]]] = [
+        ("workers that drew", [str(c["workers"]) for c in columns.values()]),
+        ("start-up (s)", [f"{c['startup_s']:.1f}" for c in columns.values()]),
+        ("steady images/s", [f"{c['steady_ips']:.2f}" for c in columns.values()]),
+        ("steady vs bare", [f"{c['steady_ips'] / base:.2f}x" for c in columns.values()]),
+        ("wall incl. start-up (s)", [f"{c['wall_s']:.1f}" for c in columns.values()]),
+        ("end-to-end images/s", [f"{c['e2e_ips']:.2f}" for c in columns.values()]),
+    ]
+    head = ["", *columns]
+    width0 = max(len(k) for k, _ in lines)
+    widths = [max(len(h), *(len(v[i]) for _, v in lines)) for i, h in enumerate(columns)]
+    out = [
+        f"{head[0]:<{width0}}  "
+        + "  ".join(f"{h:>{w}}" for h, w in zip(head[1:], widths, strict=True))
+    ]
+    for key, values in lines:
+        out.append(
+            f"{key:<{width0}}  "
+            + "  ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True))
+        )
+    out.append("start-up: " + "; ".join(f"{k}: {c['startup_note']}" for k, c in columns.items()))
+    if ray_init_s is not None:
+        out.append(f"ray.init (not in any column): {ray_init_s:.1f} s")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows = plan(args)
+    columns: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="selma-bench-images-") as tmp:
+        columns["bare"] = bare_loop(args, rows, os.path.join(tmp, "bare"))
+        print(f"bare loop done: {columns['bare']['steady_ips']:.2f} images/s", file=sys.stderr)
+        import ray
+
+        t0 = time.perf_counter()
+        kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+        if args.num_cpus:
+            kwargs["num_cpus"] = args.num_cpus
+        ray.init(**kwargs)
+        ray_init_s = time.perf_counter() - t0
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        try:
+            for n in args.actors:
+                out = os.path.join(tmp, f"ray{n}")
+                columns[f"ray x{n}"] = ray_pool(args, rows, out, n)
+                print(f"ray x{n} done", file=sys.stderr)
+        finally:
+            ray.shutdown()
+    mode = "batched" if args.batched else "exact per image"
+    print(
+        f"\nmodel {args.model}, {args.n} images, {args.steps} steps, {args.resolution} px, "
+        f"batch {args.batch_size}, {args.threads} torch thread(s) per worker, {mode}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(table(columns, ray_init_s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

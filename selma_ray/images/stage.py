@@ -1,0 +1,218 @@
+"""SELMA stage 2: every skill's prompts drawn into a Hugging Face imagefolder per skill.
+
+Plan: one row per (prompt, image index), seeded from (run seed, prompt id, index). Rows whose
+image already exists are skipped (resume: one listing per skill folder), the rest go to the Ray
+actor pool, which writes each image atomically. Then, per skill, ``images/<skill>/metadata.jsonl``
+(``file_name, text, skill, prompt_id, image_index, seed, model``, sorted by prompt id and
+index) is written from the plan, and ``images/stats.json`` with the counts. The stage ends by
+checking that each skill folder holds exactly the planned image files, naming any that are
+missing or unexpected.
+
+Outputs load with ``datasets.load_dataset("imagefolder", data_dir=run_dir.path("images", s))``.
+The model recorded is ``images.model`` (which may differ from ``train.base_model``:
+weak-to-strong).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from selma_ray.config import SelmaConfig
+from selma_ray.images.generate import IMAGE_SUFFIXES, METADATA_COLUMNS, plan_rows
+from selma_ray.prompts.stage import STAGE_DIR as PROMPTS_DIR
+from selma_ray.prompts.stage import read_prompts
+from selma_ray.storage import RunDir
+
+log = logging.getLogger(__name__)
+
+STAGE_DIR = "images"
+METADATA_FILE = "metadata.jsonl"
+STATS_FILE = "stats.json"
+TMP_MARKER = ".tmp-"  # RunDir.write_bytes temp files: '<name>.tmp-<hex>'
+
+
+class ImagesIncompleteError(RuntimeError):
+    """The image folders do not hold exactly the planned images."""
+
+
+def skill_names(cfg: SelmaConfig) -> list[str]:
+    return [s.name for s in cfg.prompts.skills]
+
+
+def load_prompt_rows(run_dir: RunDir, skill: str) -> list[dict[str, Any]]:
+    """A skill's prompts; errors name the skill and the fix when there are none."""
+    if not run_dir.exists(PROMPTS_DIR, f"{skill}.jsonl"):
+        msg = (
+            f"images: skill {skill!r} has no prompts ({run_dir.url(PROMPTS_DIR, skill + '.jsonl')}"
+            " is missing); run the prompts stage first"
+        )
+        raise FileNotFoundError(msg)
+    rows = read_prompts(run_dir, skill)
+    if not rows:
+        msg = (
+            f"images: skill {skill!r} has no prompts ({PROMPTS_DIR}/{skill}.jsonl is empty); "
+            "rerun the prompts stage (--redo prompts) or drop the skill from prompts.skills"
+        )
+        raise ValueError(msg)
+    return rows
+
+
+def plan(cfg: SelmaConfig, run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
+    """Per skill, the planned image rows (see :func:`~selma_ray.images.generate.plan_rows`)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for skill in skill_names(cfg):
+        rows = plan_rows(
+            load_prompt_rows(run_dir, skill),
+            cfg.images.images_per_prompt,
+            cfg.seed,
+            cfg.images.image_format,
+        )
+        bad = sorted({r["skill"] for r in rows} - {skill})
+        if bad:
+            msg = f"images: prompts/{skill}.jsonl holds rows of other skills {bad}"
+            raise ValueError(msg)
+        out[skill] = rows
+    return out
+
+
+def list_skill_dir(run_dir: RunDir, skill: str) -> tuple[set[str], list[str]]:
+    """(image file names, leftover temp files) in ``images/<skill>``; one listing."""
+    names = run_dir.listdir(STAGE_DIR, skill)
+    images = {n for n in names if n.endswith(IMAGE_SUFFIXES) and TMP_MARKER not in n}
+    temps = [n for n in names if TMP_MARKER in n]
+    return images, temps
+
+
+def _clean_temps(run_dir: RunDir, skill: str, temps: list[str]) -> None:
+    """Remove temp files left by writers killed mid-write (never a finished image)."""
+    for name in temps:
+        try:
+            run_dir.remove(STAGE_DIR, skill, name)
+        except FileNotFoundError:  # pragma: no cover - removed concurrently
+            pass
+
+
+def metadata_rows(rows: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """Imagefolder metadata lines for planned rows, sorted by (prompt_id, image_index)."""
+    ordered = sorted(rows, key=lambda r: (r["prompt_id"], r["image_index"]))
+    return [
+        dict(
+            zip(
+                METADATA_COLUMNS,
+                (
+                    r["file_name"],
+                    r["prompt"],
+                    r["skill"],
+                    r["prompt_id"],
+                    r["image_index"],
+                    r["seed"],
+                    model,
+                ),
+                strict=True,
+            )
+        )
+        for r in ordered
+    ]
+
+
+def verify(run_dir: RunDir, planned: dict[str, list[dict[str, Any]]]) -> None:
+    """Raise naming the missing / unexpected image files unless each folder matches its plan."""
+    problems: list[str] = []
+    for skill, rows in planned.items():
+        present, _ = list_skill_dir(run_dir, skill)
+        wanted = {r["file_name"] for r in rows}
+        missing = sorted(wanted - present)
+        extra = sorted(present - wanted)
+        if missing:
+            problems.append(f"{skill}: {len(missing)} missing: {_names(missing)}")
+        if extra:
+            problems.append(f"{skill}: {len(extra)} unexpected: {_names(extra)}")
+    if problems:
+        lines = "\n  ".join(problems)
+        msg = (
+            f"images in {run_dir.url(STAGE_DIR)} do not match the plan:\n  {lines}\n"
+            "Rerun the images stage to draw missing images; remove unexpected files (or use "
+            "--redo images)."
+        )
+        raise ImagesIncompleteError(msg)
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
+
+
+def run_images_stage(
+    cfg: SelmaConfig, run_dir: RunDir, *, progress: bool = False
+) -> dict[str, Any]:
+    """Draw every planned image not yet on storage, write metadata + stats; counts per skill."""
+    t0 = time.perf_counter()
+    planned = plan(cfg, run_dir)
+    todo: list[dict[str, Any]] = []
+    existing: dict[str, int] = {}
+    for skill, rows in planned.items():
+        present, temps = list_skill_dir(run_dir, skill)
+        _clean_temps(run_dir, skill, temps)
+        missing = [r for r in rows if r["file_name"] not in present]
+        existing[skill] = len(rows) - len(missing)
+        todo.extend(missing)
+    log.info(
+        "images: %d planned, %d already drawn, %d to draw",
+        sum(len(r) for r in planned.values()),
+        sum(existing.values()),
+        len(todo),
+    )
+    written: dict[str, int] = defaultdict(int)
+    t_draw = time.perf_counter()
+    if todo:
+        results = _draw(cfg, run_dir, todo, progress=progress)
+        for r in results:
+            written[r["skill"]] += bool(r["written"])
+    draw_seconds = time.perf_counter() - t_draw
+    for skill in planned:  # a killed writer may have left temp files behind
+        _clean_temps(run_dir, skill, list_skill_dir(run_dir, skill)[1])
+    verify(run_dir, planned)
+    for skill, rows in planned.items():
+        run_dir.write_jsonl(metadata_rows(rows, cfg.images.model), STAGE_DIR, skill, METADATA_FILE)
+    counts = {skill: len(rows) for skill, rows in planned.items()}
+    stats = {
+        "model": cfg.images.model,
+        "images_per_prompt": cfg.images.images_per_prompt,
+        "resolution": cfg.images.resolution,
+        "steps": cfg.images.steps,
+        "guidance_scale": cfg.images.guidance_scale,
+        "image_format": cfg.images.image_format,
+        "exact_per_image": cfg.images.exact_per_image,
+        "skills": {
+            skill: {
+                "prompts": len({r["prompt_id"] for r in rows}),
+                "images": len(rows),
+                "drawn_now": written.get(skill, 0),
+                "already_present": existing[skill],
+            }
+            for skill, rows in planned.items()
+        },
+        "draw_seconds": round(draw_seconds, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    run_dir.write_json(stats, STAGE_DIR, STATS_FILE)
+    return counts
+
+
+def _draw(
+    cfg: SelmaConfig, run_dir: RunDir, rows: list[dict[str, Any]], *, progress: bool
+) -> list[dict[str, Any]]:
+    import ray.data
+
+    from selma_ray.distributed.images import generate_images
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.enable_progress_bars
+    ctx.enable_progress_bars = progress
+    try:
+        return generate_images(rows, cfg.images, run_dir.url(STAGE_DIR), cfg.storage.cache_dir)
+    finally:
+        ctx.enable_progress_bars = saved

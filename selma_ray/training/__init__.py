@@ -1,0 +1,73 @@
+"""SELMA stage 3 core: train one LoRA expert per skill from its imagefolder, without Ray.
+
+* :mod:`selma_ray.training.data`: imagefolder -> (image, caption) pairs, held-out split, pixels.
+* :mod:`selma_ray.training.cache`: base-model components, VAE / text encoding, the input cache.
+* :mod:`selma_ray.training.lora`: LoRA adapters, the denoising loss, state copies, export.
+* :mod:`selma_ray.training.loop`: :func:`train_expert`, the :class:`Reporter` protocol,
+  :class:`LocalReporter`, :class:`ExpertCheckpoint`, :class:`ExpertResult`.
+
+Names are re-exported lazily so that importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Pair": "data",
+    "load_pairs": "data",
+    "preprocess": "data",
+    "split_holdout": "data",
+    "write_synthetic_skill": "data",
+    "Components": "cache",
+    "EncodedInputs": "cache",
+    "encode_pairs": "cache",
+    "load_components": "cache",
+    "load_or_build_cache": "cache",
+    "add_lora": "lora",
+    "load_lora_state": "lora",
+    "lora_state": "lora",
+    "noise_pred_loss": "lora",
+    "save_lora": "lora",
+    "ExpertCheckpoint": "loop",
+    "ExpertResult": "loop",
+    "LocalReporter": "loop",
+    "Reporter": "loop",
+    "train_expert": "loop",
+}
+
+__all__ = [
+    "Components",
+    "EncodedInputs",
+    "ExpertCheckpoint",
+    "ExpertResult",
+    "LocalReporter",
+    "Pair",
+    "Reporter",
+    "add_lora",
+    "encode_pairs",
+    "load_components",
+    "load_lora_state",
+    "load_or_build_cache",
+    "load_pairs",
+    "lora_state",
+    "noise_pred_loss",
+    "preprocess",
+    "save_lora",
+    "split_holdout",
+    "train_expert",
+    "write_synthetic_skill",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

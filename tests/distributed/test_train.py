@@ -1,0 +1,78 @@
+"""Ray Train V2 launcher: concurrent experts, resume with the step count continuing."""
+
+from __future__ import annotations
+
+import pytest
+
+from selma_ray.config import load_config
+from selma_ray.storage import RunDir
+from selma_ray.training.data import write_synthetic_skill
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(*extra):
+    return load_config(
+        overrides=[
+            "prompts.skills=[coco, whoops]",
+            "train.max_steps=4",
+            "train.checkpoint_every=2",
+            "train.batch_size=2",
+            "train.resolution=32",
+            "train.num_workers=1",
+            "train.cpus_per_worker=1",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    rd = RunDir(str(tmp_path / "run"))
+    for i, skill in enumerate(["coco", "whoops"]):
+        write_synthetic_skill(rd, skill, prompts=4, size=32, seed=i)
+    return rd
+
+
+def test_experts_train_concurrently_and_resume(ray_cluster, tiny_models, run_dir):
+    from selma_ray.distributed.train import train_experts
+    from selma_ray.training.stage import run_experts_stage, train_storage_path
+
+    cfg = _cfg("train.max_steps=2")
+    storage = train_storage_path(cfg, run_dir)
+    # first "session": both experts stop at step 2 (as if the run had been cut there)
+    first = train_experts(cfg, ["coco", "whoops"], run_dir.uri, storage)
+    assert {s: r.metrics["step"] for s, r in first.items()} == {"coco": 2, "whoops": 2}
+    assert all(r.checkpoint is not None for r in first.values())
+
+    # second: the same Ray Train runs (storage path + name) resume and continue to step 4
+    cfg4 = _cfg()
+    second = train_experts(cfg4, ["coco", "whoops"], run_dir.uri, storage)
+    for skill, result in second.items():
+        assert result.metrics["step"] == 4
+        meta = run_dir.read_json("experts", skill, "expert.json")
+        assert meta["steps"] == 4 and meta["resumed_from"] == 2
+        # the loss curve runs on from the checkpoint: steps 1-2 restored, 3-4 trained now
+        assert [int(step) for step, _ in meta["train_loss"]] == [1, 2, 3, 4]
+        assert [int(step) for step, _ in meta["val_loss"]] == [2, 4]
+        assert run_dir.exists("experts", skill, "pytorch_lora_weights.safetensors")
+
+    # the stage skips finished experts: nothing is retrained
+    before = {
+        s: run_dir.fs.modified(run_dir.path("experts", s, "pytorch_lora_weights.safetensors"))
+        for s in ("coco", "whoops")
+    }
+    out = run_experts_stage(cfg4, run_dir)
+    assert set(out) == {"coco", "whoops"}
+    after = {
+        s: run_dir.fs.modified(run_dir.path("experts", s, "pytorch_lora_weights.safetensors"))
+        for s in ("coco", "whoops")
+    }
+    assert before == after
+
+
+def test_memory_run_dir_needs_a_storage_path():
+    from selma_ray.training.stage import train_storage_path
+
+    with pytest.raises(ValueError, match="train.storage_path"):
+        train_storage_path(_cfg(), RunDir("memory://x/run"))

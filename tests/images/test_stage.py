@@ -1,0 +1,270 @@
+"""Stage 2 end to end: imagefolder outputs, resume, errors; on Ray: actor pool, a killed actor."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from selma_ray.config import load_config
+from selma_ray.images import stage as images_stage
+from selma_ray.images.generate import ImageGenerator, result_rows, rows_to_batch
+from selma_ray.images.stage import ImagesIncompleteError, plan, run_images_stage
+from selma_ray.storage import RunDir
+
+SKILLS = ("coco", "whoops")
+N_PROMPTS = 3
+N_IMAGES = 2
+WORDS = ("a red cat", "two dogs on a table", "a blue image on the left")
+
+
+def _cfg(*extra: str):
+    return load_config(
+        overrides=[
+            f"prompts.skills=[{', '.join(SKILLS)}]",
+            f"images.images_per_prompt={N_IMAGES}",
+            "images.batch_size=4",
+            *extra,
+        ]
+    )
+
+
+def _write_prompts(rd: RunDir, skills=SKILLS, n: int = N_PROMPTS) -> None:
+    for skill in skills:
+        rows = [
+            {"id": f"{skill}-{i:05d}", "skill": skill, "prompt": f"{WORDS[i % 3]} {skill}"}
+            for i in range(n)
+        ]
+        rd.write_jsonl(rows, "prompts", f"{skill}.jsonl")
+
+
+def _images(rd: RunDir) -> dict[str, bytes]:
+    out = {}
+    for skill in SKILLS:
+        for name in rd.listdir("images", skill):
+            if name.endswith(".png"):
+                out[f"{skill}/{name}"] = rd.read_bytes("images", skill, name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_models):
+    """Replace the Ray layer with one in-process generator (1 thread): fast stage tests."""
+    cache: dict[str, ImageGenerator] = {}
+
+    def draw(cfg, run_dir, rows, *, progress):
+        gen = cache.get("gen")
+        if gen is None:
+            gen = cache["gen"] = ImageGenerator(
+                cfg.images.model_dump(), "memory://x", num_threads=1
+            )
+        gen.out = RunDir(run_dir.url("images"))
+        out = []
+        for i in range(0, len(rows), cfg.images.batch_size):
+            out.extend(result_rows(gen(rows_to_batch(rows[i : i + cfg.images.batch_size]))))
+        return out
+
+    return draw
+
+
+@pytest.fixture(scope="module")
+def reference(in_process, tmp_path_factory):
+    """An undisturbed run drawn in process: the bytes every other run must reproduce."""
+    rd = RunDir(str(tmp_path_factory.mktemp("reference")))
+    _write_prompts(rd)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(images_stage, "_draw", in_process)
+    try:
+        counts = run_images_stage(_cfg(), rd)
+    finally:
+        mp.undo()
+    assert counts == {s: N_PROMPTS * N_IMAGES for s in SKILLS}
+    return rd
+
+
+# --------------------------------------------------------------------------- fast, no Ray
+
+
+def test_stage_writes_imagefolder_per_skill(reference, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rd = reference
+    images = _images(rd)
+    assert len(images) == len(SKILLS) * N_PROMPTS * N_IMAGES
+    for skill in SKILLS:
+        meta = rd.read_jsonl("images", skill, "metadata.jsonl")
+        assert [(m["prompt_id"], m["image_index"]) for m in meta] == [
+            (f"{skill}-{i:05d}", k) for i in range(N_PROMPTS) for k in range(N_IMAGES)
+        ]
+        assert list(meta[0]) == [
+            "file_name", "text", "skill", "prompt_id", "image_index", "seed", "model"
+        ]  # fmt: skip
+        assert {m["model"] for m in meta} == {"tiny:sd"} and {m["skill"] for m in meta} == {skill}
+        assert len({m["seed"] for m in meta}) == len(meta)
+        ds = datasets.load_dataset(
+            "imagefolder", data_dir=rd.path("images", skill), cache_dir=str(tmp_path / "hf")
+        )["train"]
+        assert len(ds) == N_PROMPTS * N_IMAGES
+        assert set(ds.column_names) == {
+            "image", "text", "skill", "prompt_id", "image_index", "seed", "model"
+        }  # fmt: skip
+        row = sorted(ds, key=lambda r: (r["prompt_id"], r["image_index"]))[1]
+        assert row["image"].size == (64, 64)
+        assert (row["text"], row["image_index"]) == (meta[1]["text"], 1)
+    stats = rd.read_json("images", "stats.json")
+    assert stats["model"] == "tiny:sd"
+    assert stats["skills"]["coco"] == {
+        "prompts": N_PROMPTS,
+        "images": N_PROMPTS * N_IMAGES,
+        "drawn_now": N_PROMPTS * N_IMAGES,
+        "already_present": 0,
+    }
+
+
+def test_stage_on_memory_run_dir_is_identical(in_process, reference, monkeypatch):
+    monkeypatch.setattr(images_stage, "_draw", in_process)
+    rd = RunDir("memory://images-stage-run")
+    _write_prompts(rd)
+    # another batch size: exact mode gives the same bytes
+    run_images_stage(_cfg("images.batch_size=1"), rd)
+    assert _images(rd) == _images(reference)
+    assert rd.read_text("images", "coco", "metadata.jsonl") == reference.read_text(
+        "images", "coco", "metadata.jsonl"
+    )
+
+
+def test_resume_draws_only_missing_images(in_process, reference, tmp_path, monkeypatch):
+    rd = RunDir(str(tmp_path / "run"))
+    shutil.copytree(reference.path(), rd.path())
+    gone = ["coco/coco-00001_0.png", "whoops/whoops-00002_1.png"]
+    for g in gone:
+        os.remove(rd.path("images", g))
+    # a temp file left by a writer killed mid-write is cleaned up, never taken for an image
+    with open(rd.path("images", "coco", "coco-00000_0.png.tmp-deadbeef"), "wb") as f:
+        f.write(b"partial")
+    mtimes = {k: os.stat(rd.path("images", k)).st_mtime_ns for k in _images(rd) if k not in gone}
+    drawn: list[str] = []
+
+    def spy(cfg, run_dir, rows, *, progress):
+        drawn.extend(f"{r['skill']}/{r['file_name']}" for r in rows)
+        return in_process(cfg, run_dir, rows, progress=progress)
+
+    monkeypatch.setattr(images_stage, "_draw", spy)
+    run_images_stage(_cfg(), rd)
+    assert sorted(drawn) == sorted(gone)
+    assert {k: os.stat(rd.path("images", k)).st_mtime_ns for k in mtimes} == mtimes
+    assert _images(rd) == _images(reference)
+    assert not any(".tmp-" in n for n in rd.listdir("images", "coco"))
+    assert rd.read_json("images", "stats.json")["skills"]["coco"]["already_present"] == 5
+
+
+def test_missing_or_empty_prompts_name_the_skill(tmp_path):
+    rd = RunDir(str(tmp_path))
+    _write_prompts(rd, skills=("coco",))
+    with pytest.raises(FileNotFoundError, match="skill 'whoops' has no prompts"):
+        plan(_cfg(), rd)
+    rd.write_text("", "prompts", "whoops.jsonl")
+    with pytest.raises(ValueError, match="skill 'whoops' has no prompts.*empty"):
+        plan(_cfg(), rd)
+
+
+def test_verification_names_missing_and_unexpected_files(tmp_path, monkeypatch):
+    rd = RunDir(str(tmp_path))
+    _write_prompts(rd)
+    rd.write_bytes(b"x", "images", "coco", "stray_0.png")
+    monkeypatch.setattr(images_stage, "_draw", lambda cfg, run_dir, rows, progress: [])
+    with pytest.raises(ImagesIncompleteError) as err:
+        run_images_stage(_cfg(), rd)
+    text = str(err.value)
+    assert "coco: 6 missing: coco-00000_0.png" in text and "whoops: 6 missing" in text
+    assert "coco: 1 unexpected: stray_0.png" in text
+
+
+def test_ray_layer_refuses_memory_run_dir():
+    from selma_ray.distributed.images import batch_plan, generate_images
+
+    with pytest.raises(ValueError, match="memory.*cannot see"):
+        generate_images([{"x": 1}], _cfg().images, "memory://run/images")
+    assert batch_plan(12, 8, 2) == (6, 2)  # a small input still gives every actor a batch
+    assert batch_plan(20, 8, 2) == (7, 3)
+    assert batch_plan(1000, 8, 4) == (8, 125)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.mark.slow
+def test_ray_stage_matches_in_process_bytes(ray_cluster, reference, tmp_path, monkeypatch):
+    rd = RunDir(str(tmp_path / "run"))
+    _write_prompts(rd)
+    seen: list[dict] = []
+    real = images_stage._draw
+
+    def spy(cfg, run_dir, rows, *, progress):
+        out = real(cfg, run_dir, rows, progress=progress)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(images_stage, "_draw", spy)
+    counts = run_images_stage(_cfg("images.max_actors=2", "images.batch_size=8"), rd)
+    assert counts == {s: N_PROMPTS * N_IMAGES for s in SKILLS}
+    assert len(seen) == 12 and all(r["written"] for r in seen)
+    assert len({r["worker_pid"] for r in seen}) == 2  # 12 rows, 2 actors: both got a batch
+    # 2 actors, batches of 6, other processes: still the in-process bytes
+    assert _images(rd) == _images(reference)
+    for skill in SKILLS:
+        assert rd.read_text("images", skill, "metadata.jsonl") == reference.read_text(
+            "images", skill, "metadata.jsonl"
+        )
+
+
+def _alive_map_workers() -> dict[str, dict]:
+    """Ray Data's map actors, from the GCS (ray.util.state needs the dashboard, off in tests)."""
+    import ray
+
+    return {
+        actor_id: info
+        for actor_id, info in ray._private.state.actors().items()
+        if "MapWorker" in (info.get("ActorClassName") or "") and info.get("State") == "ALIVE"
+    }
+
+
+@pytest.mark.slow
+def test_killed_actor_is_restarted_and_images_match(ray_cluster, reference, tmp_path):
+    import ray
+
+    rd = RunDir(str(tmp_path / "run"))
+    _write_prompts(rd)
+    # one actor, 3 batches of 4: the kill lands while work is left
+    cfg = _cfg("images.max_actors=1", "images.batch_size=4", "images.max_task_retries=2")
+
+    def drawn() -> int:
+        return sum(len([n for n in rd.listdir("images", s) if n.endswith(".png")]) for s in SKILLS)
+
+    before = set(_alive_map_workers())
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(run_images_stage, cfg, rd)
+    killed, at_kill = None, -1
+    deadline = time.monotonic() + 90
+    while killed is None and not future.done() and time.monotonic() < deadline:
+        if drawn() >= 1:
+            workers = [a for a in _alive_map_workers() if a not in before]
+            if workers:
+                at_kill = drawn()
+                core_worker = ray._private.worker.global_worker.core_worker
+                handle = core_worker.get_actor_handle(ray.ActorID.from_hex(workers[0]))
+                ray.kill(handle, no_restart=False)  # like a crash: Ray restarts it
+                killed = workers[0]
+        time.sleep(0.02)
+    counts = future.result(timeout=120)
+    pool.shutdown()
+    assert killed is not None, "the stage finished before an actor could be killed"
+    assert at_kill < 12, "the kill came after the last image"
+    assert counts == {s: N_PROMPTS * N_IMAGES for s in SKILLS}
+    assert ray._private.state.actors(killed)["NumRestarts"] >= 1
+    # exactly one file per (prompt, index), byte-identical to the undisturbed run
+    assert _images(rd) == _images(reference)
+    for skill in SKILLS:
+        assert not any(".tmp-" in n for n in rd.listdir("images", skill))

@@ -1,0 +1,356 @@
+"""The expert training loop: overfitting, export, resume, best-step selection, sharding, SDXL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selma_ray.config import TrainConfig
+from selma_ray.storage import RunDir
+from selma_ray.training import loop as loop_mod
+from selma_ray.training.data import write_synthetic_skill
+from selma_ray.training.loop import (
+    ExpertCheckpoint,
+    LocalReporter,
+    _SampleOrder,
+    shard_bounds,
+    train_expert,
+)
+
+torch.set_num_threads(1)
+
+
+def write_skill(run_dir: RunDir, skill: str, prompts: int = 4, per_prompt: int = 1) -> None:
+    """A random imagefolder for ``skill`` (PNG files + metadata.jsonl)."""
+    write_synthetic_skill(run_dir, skill, prompts=prompts, images_per_prompt=per_prompt, seed=1)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = {
+        "max_steps": 6,
+        "checkpoint_every": 3,
+        "batch_size": 2,
+        "learning_rate": 1e-3,
+        "resolution": 64,
+        "validation_fraction": 0.25,
+    }
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_models):
+    rd = RunDir(str(tmp_path_factory.mktemp("train-run")))
+    write_skill(rd, "overfit", prompts=4)
+    write_skill(rd, "resume", prompts=4, per_prompt=2)
+    return rd
+
+
+def _draw(pipe):
+    gen = torch.Generator().manual_seed(0)
+    return pipe("a red cat", num_inference_steps=3, generator=gen, output_type="np").images
+
+
+def test_overfit_loss_falls_and_expert_loads(run_dir, tiny_models):
+    from diffusers import StableDiffusionPipeline
+
+    rep = LocalReporter()
+    c = cfg(max_steps=40, checkpoint_every=10, validation_fraction=0.0, random_flip=False)
+    result = train_expert(
+        c, skill="overfit", run_dir_uri=run_dir.uri, base_model="tiny:sd", reporter=rep
+    )
+    assert result.steps == 40 and [h["step"] for h in rep.history] == [10, 20, 30, 40]
+    meta = run_dir.read_json("experts", "overfit", "expert.json")
+    val = [v for _, v in meta["val_loss"]]
+    train = [v for _, v in meta["train_loss"]]
+    assert len(train) == 40 and meta["val_source"] == "train_slice"
+    assert val[-1] < val[0] - 0.003, val
+    assert sum(train[-10:]) < sum(train[:10]), train
+    assert meta["selected_step"] == result.best_step == min(meta["val_loss"], key=lambda x: x[1])[0]
+    assert meta["base_model"] == "tiny:sd" and meta["image_model"] == "synthetic"
+    assert meta["rank"] == 4 and meta["steps"] == 40 and meta["skipped"] == {}
+    assert meta["pairs"] == {"total": 4, "train": 4, "val": 4, "train_prompts": 4, "val_prompts": 0}
+    curves = run_dir.read_json("experts", "overfit", "curves.json")
+    assert curves["val_loss"] == meta["val_loss"]
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    base = _draw(pipe)
+    pipe.load_lora_weights(result.out_dir)
+    assert abs(_draw(pipe) - base).mean() > 1e-4
+
+
+def test_resume_matches_uninterrupted_run(run_dir, tmp_path):
+    kw = {"skill": "resume", "run_dir_uri": run_dir.uri, "base_model": "tiny:sd", "seed": 3}
+    c6 = cfg(gradient_accumulation=2)
+    full = LocalReporter(str(tmp_path / "full"))
+    train_expert(c6, reporter=full, **kw)
+
+    first = LocalReporter(str(tmp_path / "first"))
+    part = train_expert(c6.model_copy(update={"max_steps": 3}), reporter=first, **kw)
+    assert part.steps == 3 and [h["step"] for h in first.history] == [3]
+    ckpt = ExpertCheckpoint.from_dir(first.checkpoint_path(3))
+    assert ckpt.step == 3 and ckpt.optimizer is not None
+
+    second = LocalReporter(str(tmp_path / "second"))
+    done = train_expert(c6, reporter=second, resume=ckpt, **kw)
+    assert done.steps == 6 and [h["step"] for h in second.history] == [6]
+
+    a, b = full.checkpoint(6), second.checkpoint(6)
+    assert a.lora.keys() == b.lora.keys()
+    assert all(torch.equal(a.lora[k], b.lora[k]) for k in a.lora)
+    assert a.state["train_curve"] == b.state["train_curve"]
+    assert [s for s, _ in b.state["train_curve"]] == [1, 2, 3, 4, 5, 6]
+    assert a.state["val_curve"] == b.state["val_curve"]
+    assert full.history[-1]["val_loss"] == second.history[-1]["val_loss"]
+    meta = run_dir.read_json("experts", "resume", "expert.json")
+    assert meta["resumed_from"] == 3 and meta["steps"] == 6
+    assert meta["pairs"]["val_prompts"] >= 1 and meta["val_source"] == "holdout"
+
+    with pytest.raises(ValueError, match=r"cannot resume.*seed: 3 -> 4"):
+        train_expert(c6, reporter=LocalReporter(), resume=ckpt, **{**kw, "seed": 4})
+
+
+def test_best_step_is_lowest_validation_loss(run_dir, monkeypatch, tiny_models, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from selma_ray.training.lora import add_lora, load_lora_state, save_lora
+
+    scripted = iter([0.9, 0.4, 0.7, 0.4])  # steps 2, 4, 6, 8: best is step 4 (tie keeps 4)
+    monkeypatch.setattr(loop_mod._Trainer, "validate", lambda self: next(scripted))
+    rep = LocalReporter()
+    c = cfg(max_steps=8, checkpoint_every=2, batch_size=1)
+    result = train_expert(
+        c, skill="overfit", run_dir_uri=run_dir.uri, base_model="tiny:sd", reporter=rep
+    )
+    assert (result.best_step, result.best_val_loss, result.steps) == (4, 0.4, 8)
+    assert [h["best_step"] for h in rep.history] == [2, 4, 4, 4]
+    meta = run_dir.read_json("experts", "overfit", "expert.json")
+    assert meta["selected_step"] == 4 and meta["val_loss"][1] == [4, 0.4]
+    last = rep.checkpoint(8)
+    assert last.state["best_step"] == 4 and last.best_lora is not None
+
+    # the exported weights are step 4's, not the last step's
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd"], subfolder="unet")
+    add_lora(unet, c.rank, c.alpha)
+    load_lora_state(unet, rep.checkpoint(4).lora)
+    expected = load_file(save_lora(unet, str(tmp_path / "step4")))
+    exported = load_file(run_dir.path("experts", "overfit", "pytorch_lora_weights.safetensors"))
+    assert expected.keys() == exported.keys()
+    assert all(torch.equal(expected[k], exported[k]) for k in expected)
+    assert not all(torch.equal(last.lora[k], rep.checkpoint(4).lora[k]) for k in last.lora)
+
+
+def test_without_cache_trains_the_same(run_dir):
+    kw = {"skill": "overfit", "run_dir_uri": run_dir.uri, "base_model": "tiny:sd"}
+    curves = []
+    for cache in (True, False):
+        rep = LocalReporter()
+        train_expert(cfg(max_steps=2, checkpoint_every=2, cache_inputs=cache), reporter=rep, **kw)
+        curves.append(rep.checkpoint(2))
+    cached, live = curves
+    for (s1, l1), (s2, l2) in zip(
+        cached.state["train_curve"], live.state["train_curve"], strict=True
+    ):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-4)
+    assert all(torch.allclose(cached.lora[k], live.lora[k], atol=1e-5) for k in cached.lora)
+
+
+def test_text_encoder_lora_trains_and_exports(run_dir, tiny_models):
+    from diffusers import StableDiffusionPipeline
+
+    rep = LocalReporter()
+    c = cfg(max_steps=2, checkpoint_every=2, text_encoder_lora=True, learning_rate=1e-2)
+    result = train_expert(
+        c, skill="overfit", run_dir_uri=run_dir.uri, base_model="tiny:sd", reporter=rep
+    )
+    state = rep.checkpoint(2).lora
+    te_b = [v for k, v in state.items() if k.startswith("text_encoder.") and "lora_B" in k]
+    assert te_b and any(v.abs().sum() > 0 for v in te_b)  # trained (lora_B starts at zero)
+    exported = load_file(run_dir.path("experts", "overfit", "pytorch_lora_weights.safetensors"))
+    assert any(k.startswith("text_encoder.") for k in exported)
+    assert any(k.startswith("unet.") for k in exported)
+    assert run_dir.read_json("experts", "overfit", "expert.json")["text_encoder_lora"]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    base = _draw(pipe)
+    pipe.load_lora_weights(result.out_dir)
+    assert abs(_draw(pipe) - base).mean() > 1e-5
+
+
+def test_guards_never_train_zero_steps(run_dir):
+    kw = {"run_dir_uri": run_dir.uri, "base_model": "tiny:sd"}
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        train_expert(cfg().model_copy(update={"max_steps": 0}), skill="overfit", **kw)
+    with pytest.raises(ValueError, match="skill 'absent'"):
+        train_expert(cfg(), skill="absent", **kw)
+    with pytest.raises(ValueError, match="batch_size"):
+        train_expert(cfg(batch_size=1), skill="overfit", world_size=2, rank=1, **kw)
+    with pytest.raises(ValueError, match="rank"):
+        train_expert(cfg(), skill="overfit", world_size=2, rank=2, **kw)
+
+
+def test_ranks_get_disjoint_slices_of_each_global_batch():
+    for world in (1, 2, 3, 4):
+        for batch in range(world, 9):
+            slices = [range(*shard_bounds(batch, world, r)) for r in range(world)]
+            assert [i for s in slices for i in s] == list(range(batch))
+            assert all(len(s) >= 1 for s in slices)
+    order = _SampleOrder([10, 11, 12, 13, 14], seed=0)
+    for epoch in range(3):
+        assert sorted(order(epoch * 5 + i) for i in range(5)) == [10, 11, 12, 13, 14]
+    epochs = {tuple(order(e * 5 + i) for i in range(5)) for e in range(6)}
+    assert len(epochs) > 1  # reshuffled every epoch
+
+
+# --------------------------------------------------------------------------- SDXL
+
+
+def make_tiny_sdxl(path: str) -> str:
+    """A tiny random SDXL pipeline (two CLIP text encoders, text_time UNet) saved to ``path``."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from selma_ray.models.tiny import _tiny_clip_tokenizer
+
+    tok = _tiny_clip_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=64,
+    )
+    te_config = CLIPTextConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        hidden_size=32,
+        intermediate_size=37,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(tok),
+        max_position_embeddings=77,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(te_config),
+        text_encoder_2=CLIPTextModelWithProjection(te_config),
+        tokenizer=tok,
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+    )
+    pipe.save_pretrained(path)
+    return path
+
+
+def test_sdxl_expert_trains_and_loads(run_dir, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    path = make_tiny_sdxl(str(tmp_path / "tiny-sdxl"))
+    rep = LocalReporter()
+    c = cfg(max_steps=2, checkpoint_every=2, center_crop=False, learning_rate=1e-2)
+    result = train_expert(
+        c, skill="resume", run_dir_uri=run_dir.uri, base_model=path, reporter=rep,
+        cache_dir=str(tmp_path / "sdxl-cache"),
+    )  # fmt: skip
+    assert result.steps == 2 and rep.history[-1]["val_loss"] > 0
+    meta = run_dir.read_json("experts", "resume", "expert.json")
+    assert meta["base_model_kind"] == "sdxl"
+    key = json.loads((tmp_path / "sdxl-cache" / "cache.json").read_text())
+    assert key["crop_seed"] == 0 and not key["center_crop"]
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    base = _draw(pipe)
+    pipe.load_lora_weights(result.out_dir)
+    assert abs(_draw(pipe) - base).mean() > 1e-5
+
+
+# --------------------------------------------------------------------------- DDP (2 processes)
+
+_DDP_WORKER = """
+import sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+torch.set_num_threads(1)
+from selma_ray.config import TrainConfig
+from selma_ray.training.loop import LocalReporter, train_expert
+rank, init, run_dir, cfg_json, out = sys.argv[1:6]
+rank = int(rank)
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+rep = LocalReporter(out + f"/rank{rank}")
+res = train_expert(TrainConfig.model_validate_json(cfg_json), skill="resume", run_dir_uri=run_dir,
+                   base_model="tiny:sd", seed=5, reporter=rep, wrap_model=DistributedDataParallel,
+                   world_size=2, rank=rank, device="cpu")
+assert res.steps == 2 and len(rep.history) == 1
+assert (rep.checkpoints == []) == (rank == 1)
+dist.destroy_process_group()
+"""
+
+
+def test_two_rank_ddp_matches_one_process(run_dir, tmp_path):
+    """Two DDP ranks, each on half of every global batch, train the same LoRA as one process."""
+    import os
+    import subprocess
+    import sys
+
+    c = cfg(max_steps=2, checkpoint_every=2, batch_size=4)
+    single = LocalReporter()
+    train_expert(
+        c, skill="resume", run_dir_uri=run_dir.uri, base_model="tiny:sd", seed=5, reporter=single
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    init = f"file://{tmp_path / 'rendezvous'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [str(script), "RANK", init, run_dir.uri, c.model_dump_json(), str(tmp_path)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *[str(r) if a == "RANK" else a for a in argv]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-3000:]
+    ddp = ExpertCheckpoint.from_dir(str(tmp_path / "rank0" / "checkpoint_000002"))
+    ref = single.checkpoint(2)
+    for (s1, l1), (s2, l2) in zip(ref.state["train_curve"], ddp.state["train_curve"], strict=True):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
+    assert all(torch.allclose(ref.lora[k], ddp.lora[k], atol=1e-6) for k in ref.lora)
