@@ -1,0 +1,8 @@
+"""Ray job entrypoint: the experts stage alone (same arguments as ``selma-ray run --stages experts``)."""
+
+import sys
+
+from selma_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "--stages", "experts", *sys.argv[1:]]))

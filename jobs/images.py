@@ -1,0 +1,8 @@
+"""Ray job entrypoint: the images stage alone (same arguments as ``selma-ray run --stages images``)."""
+
+import sys
+
+from selma_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "--stages", "images", *sys.argv[1:]]))

@@ -1,0 +1,33 @@
+"""cluster.yaml passes Ray's own cluster-config validation (no cloud calls)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    # what `ray up` does before launching anything: fill defaults, then check the schema
+    validate_config(prepare_config(config))
+    types = config["available_node_types"]
+    assert config["head_node_type"] == "head" and types["head"]["resources"] == {"CPU": 0}
+    assert types["gpu_worker"]["min_workers"] == 0 and types["gpu_worker"]["max_workers"] >= 1
+    assert "llm_worker" in types
+    assert config["docker"]["image"].startswith("rayproject/ray:2.60")
+    assert any("[gpu,cloud]" in c for c in config["setup_commands"])
+
+
+def test_invalid_cluster_yaml_is_rejected():
+    import pytest
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    config["available_node_types"]["gpu_worker"]["min_workers"] = "zero"
+    with pytest.raises(Exception, match="zero"):
+        validate_config(prepare_config(config))
