@@ -1,4 +1,4 @@
-"""Ray job entrypoint: the experts stage alone (same arguments as ``selma-ray run --stages experts``)."""
+"""Ray job entrypoint: the experts stage alone (as ``selma-ray run --stages experts``)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Ray job entrypoint: the images stage alone (same arguments as ``selma-ray run --stages images``)."""
+"""Ray job entrypoint: the images stage alone (as ``selma-ray run --stages images``)."""
 
 import sys
 
