@@ -74,6 +74,49 @@ def build_parser() -> argparse.ArgumentParser:
     dedup.add_argument("--existing", help="prompts already kept (e.g. seeds), same formats")
     dedup.add_argument("--threshold", type=float, default=0.8, help="ROUGE-L F above this = dup")
 
+    merge = sub.add_parser("merge", help="stage 4 alone: merge the skill experts into one LoRA")
+    _add_config_args(merge)
+    _add_run_args(merge)
+    merge.add_argument(
+        "--method", choices=["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"]
+    )
+    merge.add_argument(
+        "--weights", help="comma-separated, one per skill in prompts.skills order (default 1/N)"
+    )
+    merge.add_argument("--export-fused", action="store_true", help="also save a fused pipeline")
+
+    evaluate = sub.add_parser("evaluate", help="stage 5: evaluation")
+    esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
+    rescore = esub.add_parser("rescore", help="re-score a saved VQA answers table (CSV/Parquet)")
+    rescore.add_argument("--benchmark", choices=["dsg1k"], default="dsg1k")
+    rescore.add_argument(
+        "--answers",
+        required=True,
+        help="CSV/Parquet: item_id, question_id (or proposition_id), answer[, t2i_model|model]",
+    )
+    rescore.add_argument("--output", help="write the JSON report here (any fsspec path)")
+    rescore.add_argument(
+        "--rules",
+        choices=["reference", "transitive"],
+        default="reference",
+        help="DSG zeroing: reference = the DSG authors' script (default); transitive = any "
+        "zeroed ancestor zeroes a question, dirty dependency cells keep their integers",
+    )
+
+    sv = sub.add_parser("serve", help="serve a run (base, merged, experts): OpenAI images API")
+    sv.add_argument("--run-dir", required=True, help="run directory (path or fsspec URI)")
+    sv.add_argument("--host", help="bind address (default: the run's serve.host, 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default: the run's serve.port, 8000)")
+    sv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    sv.add_argument(
+        "--arg",
+        dest="serve_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="build_app argument, e.g. max_replicas=2, num_gpus=1, auth_token_env=SELMA_TOKEN",
+    )
+
     models = sub.add_parser("models", help="model utilities")
     msub = models.add_subparsers(dest="models_command", required=True)
     tiny = msub.add_parser("make-tiny", help="write tiny offline SD and chat-LLM models to DIR")
@@ -143,6 +186,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.prompts_command == "dedup":
                 return _cmd_dedup(args)
             return _cmd_run(args, ["prompts"])
+        if args.command == "merge":
+            if args.method:
+                args.overrides.append(f"merge.method={args.method}")
+            if args.weights:
+                args.overrides.append(f"merge.weights=[{args.weights}]")
+            if args.export_fused:
+                args.overrides.append("merge.export_fused=true")
+            # merging is cheap and the point of the command is to (re)do it
+            args.redo.append("merge")
+            return _cmd_run(args, ["merge"])
+        if args.command == "evaluate":
+            from selma_ray.evaluation.rescore import format_table, rescore_file
+
+            report = rescore_file(args.benchmark, args.answers, args.output, rules=args.rules)
+            print(format_table(report))
+            return 0
+        if args.command == "serve":
+            from selma_ray.serving import serve_run_dir
+
+            extra = {}
+            for kv in args.serve_args:
+                if "=" not in kv:
+                    raise ConfigError(f"--arg {kv!r}: expected KEY=VALUE")
+                key, value = kv.split("=", 1)
+                extra[key] = value
+            serve_run_dir(
+                args.run_dir, host=args.host, port=args.port, address=args.address,
+                blocking=True, **extra,
+            )  # fmt: skip
+            return 0
         if args.command == "models":
             from selma_ray.models.tiny import make_tiny
 

@@ -13,6 +13,7 @@ Later stages plug in by appending to :data:`STAGES`. The manifest decides what t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -87,6 +88,12 @@ def _run_experts(ctx: StageContext) -> StageResult:
     return StageResult(counts=counts)
 
 
+def _run_merge(ctx: StageContext) -> StageResult:
+    from selma_ray.merging_stage import run_merge_stage
+
+    return StageResult(counts=run_merge_stage(ctx.cfg, ctx.run_dir))
+
+
 STAGES: list[Stage] = [
     Stage(
         name="prompts",
@@ -98,6 +105,13 @@ STAGES: list[Stage] = [
     Stage(name="images", sections=("images",), outputs=("images",), run=_run_images),
     Stage(
         name="experts", sections=("train",), outputs=("experts", "cache", "train"), run=_run_experts
+    ),
+    Stage(
+        name="merge",
+        sections=("merge",),
+        outputs=("merged",),
+        run=_run_merge,
+        needs_ray=lambda cfg: False,
     ),
 ]
 
@@ -117,8 +131,17 @@ def select_stages(names: list[str] | None) -> list[Stage]:
     return [s for s in STAGES if s.name in names]
 
 
-def default_run_dir() -> str:
-    return f"selma-runs/{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(*, latest_link: bool = False) -> str:
+    """``selma-runs/<timestamp>``; with ``latest_link``, ``selma-runs/latest`` points at it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = f"selma-runs/{stamp}"
+    if latest_link:
+        os.makedirs(path, exist_ok=True)
+        link = "selma-runs/latest"
+        tmp = f"{link}.{os.getpid()}"
+        os.symlink(stamp, tmp)
+        os.replace(tmp, link)  # atomic: serve_config.yaml's default run_dir follows it
+    return path
 
 
 @dataclass
@@ -140,7 +163,7 @@ def run_pipeline(
     progress: bool = False,
 ) -> RunSummary:
     """Run the selected stages (default: all) in order in ``run_dir``; see the module docstring."""
-    uri = run_dir or cfg.storage.run_dir or default_run_dir()
+    uri = run_dir or cfg.storage.run_dir or default_run_dir(latest_link=True)
     selected = select_stages(stages)
     if "all" in redo:
         redo = [s.name for s in selected]

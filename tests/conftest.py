@@ -43,9 +43,7 @@ def tiny_models(_offline_cache):
     return {"sd": resolve_model("tiny:sd"), "llm": resolve_model("tiny:llm")}
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray for the whole test session (small object store)."""
+def _ensure_ray():
     import ray
 
     if not ray.is_initialized():
@@ -55,5 +53,22 @@ def ray_cluster():
             include_dashboard=False,
             configure_logging=False,
         )
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def _ray_session_teardown():
+    yield
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(_ray_session_teardown):
+    """One local Ray shared by the test session (small object store), started on first use.
+
+    Function-scoped on top of a session teardown so a test that needs Ray down (the job
+    submission test runs its own `ray start --head`) can shut it down; the next user restarts it.
+    """
+    return _ensure_ray()

@@ -163,3 +163,30 @@ def test_killed_prompts_run_resumes_without_repeating_rounds(tmp_path):
     )
     assert "already done" in again.stdout
     assert Path(killed / "prompts" / "coco.jsonl").stat().st_mtime_ns == before
+
+
+def test_evaluate_rescore_cli(tmp_path, capsys):
+    answers = tmp_path / "answers.csv"
+    answers.write_text(
+        "item_id,question_id,answer\nwhoops_5,1,yes\nwhoops_5,2,no\nwhoops_5,3,yes\n"
+    )
+    out = tmp_path / "report.json"
+    code = main(
+        ["evaluate", "rescore", "--benchmark", "dsg1k", "--answers", str(answers),
+         "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    model = report["models"]["default"]
+    # only the 'defying' category has answers; its other items count as missing (score 0)
+    assert set(model["by_category"]) == {"defying"}
+    assert model["n_missing"] == model["n_items"] - 1
+    assert "overall" in capsys.readouterr().out
+
+
+def test_evaluate_rescore_missing_columns_exit_2(tmp_path, capsys):
+    answers = tmp_path / "answers.csv"
+    answers.write_text("item,answer\nwhoops_5,yes\n")
+    assert main(["evaluate", "rescore", "--answers", str(answers)]) == 2
+    err = capsys.readouterr().err
+    assert "item_id" in err and "answer" in err

@@ -1,0 +1,451 @@
+"""The served model: one diffusers pipeline holding every LoRA of a run, and its Serve deployment.
+
+Variants of a run directory (:func:`discover_variants`): ``base`` (no LoRA), ``merged``
+(``merged/pytorch_lora_weights.safetensors``) and one per skill expert
+(``experts/<skill>/pytorch_lora_weights.safetensors``). Only ``.safetensors`` files are ever
+loaded; a directory that holds a pickle ``.bin`` instead is refused, and each file is copied
+alone into a fresh temporary directory before ``load_lora_weights`` sees it.
+
+Design (switching variants): :class:`VariantPipeline` loads the base pipeline ONCE and every
+adapter into it ONCE (``load_lora_weights(dir, adapter_name=...)``). A request for a variant
+then only flips which adapter is active: ``enable_lora()`` + ``set_adapters([name])``, or
+``disable_lora()`` for ``base`` — a few milliseconds of Python over the LoRA layers, no weights
+are moved, fused or reloaded (``benchmarks/serve.py`` measures it), and the switch is skipped
+when the variant is already active. The cost is memory: all adapters stay resident (a rank-128
+SD-1.5 LoRA is ~100-200 MB).
+
+Isolation: the adapter state is global to the pipeline, so activate-then-denoise must be atomic.
+Each replica serialises requests: :class:`ImageModel` runs every generation on ONE worker thread
+(a single-thread executor) and :class:`VariantPipeline` holds a lock around switch + denoise,
+so concurrent requests for different variants never see each other's adapters. We chose this
+over ``@serve.batch`` grouping per variant because batching makes an image's bytes depend on
+which other requests shared its UNet call (batched and single calls differ by ~1e-6, which flips
+uint8 roundings): with one request per pipeline call, the same request (variant, prompt, seed,
+size, steps) gives byte-identical PNGs whatever else the server is doing. Throughput comes from
+replicas (autoscaling) instead; a request's ``n`` images are still drawn in one batched call.
+Replica concurrency (``max_ongoing_requests``) only lets requests wait inside the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ray import serve
+
+from selma_ray.serving.api import Defaults, GenerationJob
+from selma_ray.storage import RunDir
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from selma_ray.config import SelmaConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BASE",
+    "EXPERTS_DIR",
+    "LORA_FILE",
+    "MERGED",
+    "MERGED_DIR",
+    "ImageModel",
+    "ModelSpec",
+    "VariantPipeline",
+    "adapter_name",
+    "discover_variants",
+    "make_random_run_dir",
+]
+
+BASE = "base"
+MERGED = "merged"
+EXPERTS_DIR = "experts"
+MERGED_DIR = "merged"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+#: Pickle formats that are never loaded (they can run code on load).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: Allowed expert (skill) names: they become model names in the API.
+VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a replica needs to build the served pipeline (plain, picklable data).
+
+    ``adapters`` maps variant -> path of its ``.safetensors`` file inside the run directory;
+    ``kinds`` maps every variant to ``base`` / ``merged`` / ``expert``.
+    """
+
+    run_dir: str
+    base_model: str
+    dtype: str = "auto"
+    attention: str = "sdpa"
+    cache_dir: str | None = None
+    adapters: Mapping[str, str] = field(default_factory=dict)
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    defaults: Defaults = field(default_factory=Defaults)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """``base``, then ``merged`` (if present), then the experts in name order."""
+        experts = sorted(v for v, k in self.kinds.items() if k == "expert")
+        merged = [MERGED] if MERGED in self.adapters else []
+        return (BASE, *merged, *experts)
+
+    @property
+    def default_variant(self) -> str:
+        """What a request without ``model`` gets: ``merged`` if there is one, else ``base``."""
+        return MERGED if MERGED in self.adapters else BASE
+
+
+def adapter_name(variant: str) -> str:
+    """PEFT adapter name of a variant (no dots: PEFT keeps adapters in ``nn.ModuleDict``)."""
+    digest = hashlib.sha256(variant.encode()).hexdigest()[:8]
+    return f"selma_{re.sub(r'[^A-Za-z0-9_]', '_', variant)}_{digest}"
+
+
+def _base_model(cfg: SelmaConfig) -> str:
+    return cfg.train.base_model or cfg.images.model
+
+
+def _check_safetensors(rd: RunDir, folder: str, what: str) -> str | None:
+    """``folder/pytorch_lora_weights.safetensors`` if present; refuse pickle-only folders."""
+    if rd.exists(folder, LORA_FILE):
+        return f"{folder}/{LORA_FILE}"
+    pickles = [n for n in rd.listdir(folder) if n.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        msg = (
+            f"{what} in {rd.url(folder)} has only pickle weights {pickles}, which are never "
+            f"loaded (they can run code); re-export it as {LORA_FILE} (safe_serialization=True)"
+        )
+        raise ValueError(msg)
+    return None
+
+
+def _check_base(rd: RunDir, folder: str, meta_file: str, base_model: str) -> None:
+    if not rd.exists(folder, meta_file):
+        return
+    meta = rd.read_json(folder, meta_file)
+    recorded = meta.get("base_model") if isinstance(meta, dict) else None
+    if recorded and recorded != base_model:
+        msg = (
+            f"{rd.url(folder, meta_file)} was trained on base_model {recorded!r} but the run's "
+            f"config serves {base_model!r} (train.base_model or images.model); fix config.yaml "
+            "or remove the adapter"
+        )
+        raise ValueError(msg)
+
+
+def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> ModelSpec:
+    """The variants of a finished run directory: base, merged (if any), one per expert.
+
+    ``cfg`` defaults to the run's ``config.yaml``. Expert folders without weights (training not
+    finished) are skipped with a warning; pickle-only folders, invalid names and adapters
+    recorded for another base model raise :class:`ValueError` naming the path.
+    """
+    from selma_ray.config import load_config
+
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if cfg is None:
+        if not rd.exists("config.yaml"):
+            msg = (
+                f"{rd.url('config.yaml')} does not exist: give run_dir=<a run directory written "
+                "by `selma-ray run`> (it holds config.yaml, experts/ and merged/)"
+            )
+            raise FileNotFoundError(msg)
+        cfg = load_config(rd.url("config.yaml"))
+    base_model = _base_model(cfg)
+    adapters: dict[str, str] = {}
+    kinds: dict[str, str] = {BASE: "base"}
+    merged = None
+    if rd.exists(MERGED_DIR):
+        merged = _check_safetensors(rd, MERGED_DIR, "the merged LoRA")
+    if merged:
+        _check_base(rd, MERGED_DIR, "merge.json", base_model)
+        adapters[MERGED] = merged
+        kinds[MERGED] = "merged"
+    for skill in rd.listdir(EXPERTS_DIR):
+        if not rd.fs.isdir(rd.path(EXPERTS_DIR, skill)):
+            continue
+        if not VARIANT_RE.match(skill) or skill in (BASE, MERGED):
+            msg = (
+                f"expert folder {rd.url(EXPERTS_DIR, skill)!r}: {skill!r} cannot be a model name; "
+                f"rename the skill to match {VARIANT_RE.pattern} and not 'base' / 'merged'"
+            )
+            raise ValueError(msg)
+        path = _check_safetensors(rd, f"{EXPERTS_DIR}/{skill}", f"expert {skill!r}")
+        if path is None:
+            log.warning("expert %s has no %s yet (unfinished?); not served", skill, LORA_FILE)
+            continue
+        _check_base(rd, f"{EXPERTS_DIR}/{skill}", "expert.json", base_model)
+        adapters[skill] = path
+        kinds[skill] = "expert"
+    from selma_ray.serving.api import Limits
+
+    limits = Limits.from_config(cfg.serve)
+    return ModelSpec(
+        run_dir=rd.uri,
+        base_model=base_model,
+        dtype=cfg.images.dtype,
+        attention=cfg.images.attention,
+        cache_dir=cfg.storage.cache_dir,
+        adapters=adapters,
+        kinds=kinds,
+        defaults=Defaults.from_images_config(cfg.images, limits),
+    )
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@contextlib.contextmanager
+def _quiet_lora_loading() -> Iterator[None]:
+    """Hide the expected noise of loading several adapters (see ENVIRONMENT notes).
+
+    PEFT warns "Already found a peft_config" for every adapter after the first, and diffusers
+    logs "No LoRA keys associated to CLIPTextModel" for UNet-only LoRAs; both are expected here.
+    """
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Already found a `peft_config`.*")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+class VariantPipeline:
+    """A diffusers pipeline with every adapter of a :class:`ModelSpec` loaded once (no Ray).
+
+    :meth:`generate` is thread-safe: switching the active adapter and denoising happen under one
+    lock. ``torch_threads`` (if given) is applied in whichever thread generates.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str | None = None,
+        torch_threads: int | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        import torch
+
+        from selma_ray.images.generate import default_device, load_pipeline
+
+        self.torch_threads = torch_threads
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        t0 = time.perf_counter()
+        self.spec = spec
+        self.device = device or default_device()
+        cfg = {"model": spec.base_model, "dtype": dtype or spec.dtype, "attention": spec.attention}
+        self.pipe = load_pipeline(cfg, cache_dir=spec.cache_dir, device=self.device)
+        self.load_seconds = time.perf_counter() - t0
+        self.adapter_names: dict[str, str] = {}
+        rd = RunDir(spec.run_dir)
+        t1 = time.perf_counter()
+        for variant, rel_path in spec.adapters.items():
+            self._load_adapter(rd, variant, rel_path)
+        self.adapter_load_seconds = time.perf_counter() - t1
+        self._lock = threading.Lock()
+        self._active: str | None = None
+        self.stats: dict[str, float] = {
+            "requests": 0,
+            "images": 0,
+            "switches": 0,
+            "switch_seconds": 0.0,
+            "generate_seconds": 0.0,
+        }
+        self.activate(BASE)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return self.spec.variants
+
+    def _load_adapter(self, rd: RunDir, variant: str, rel_path: str) -> None:
+        if not rel_path.endswith(".safetensors"):
+            msg = f"{rd.url(rel_path)}: only .safetensors adapters are loaded (never pickle)"
+            raise ValueError(msg)
+        name = adapter_name(variant)
+        with tempfile.TemporaryDirectory(prefix="selma-lora-") as tmp:
+            # the file alone, so nothing else in its folder (e.g. a .bin) can be picked up
+            with open(os.path.join(tmp, LORA_FILE), "wb") as f:
+                f.write(rd.read_bytes(*rel_path.split("/")))
+            try:
+                with _quiet_lora_loading():
+                    self.pipe.load_lora_weights(
+                        tmp, weight_name=LORA_FILE, adapter_name=name, use_safetensors=True
+                    )
+            except (ValueError, RuntimeError, KeyError) as e:
+                msg = (
+                    f"could not load {rd.url(rel_path)} as a LoRA of {self.spec.base_model!r} "
+                    f"(variant {variant!r}): {e}. Was it trained on another base model?"
+                )
+                raise ValueError(msg) from e
+        self.adapter_names[variant] = name
+
+    def activate(self, variant: str) -> float:
+        """Make ``variant`` the active adapter (callers hold the lock); returns its seconds."""
+        if variant == self._active:
+            return 0.0
+        if variant != BASE and variant not in self.adapter_names:
+            msg = f"model {variant!r} is not served here; available: {list(self.variants)}"
+            raise KeyError(msg)
+        t0 = time.perf_counter()
+        self._active = None  # if switching fails midway, the next call switches again
+        if variant == BASE:
+            if self.adapter_names:
+                self.pipe.disable_lora()
+        else:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([self.adapter_names[variant]])
+        self._active = variant
+        seconds = time.perf_counter() - t0
+        self.stats["switches"] += 1
+        self.stats["switch_seconds"] += seconds
+        return seconds
+
+    def draw(self, job: GenerationJob) -> np.ndarray:
+        """uint8 images ``(n, H, W, 3)`` of ``job`` (image i from seed ``job.seeds[i]``)."""
+        import numpy as np
+        import torch
+
+        from selma_ray.images.generate import to_uint8
+
+        if self.torch_threads and torch.get_num_threads() != self.torch_threads:
+            torch.set_num_threads(self.torch_threads)
+        with self._lock:
+            self.activate(job.variant)
+            t0 = time.perf_counter()
+            generators = [torch.Generator(self.device).manual_seed(int(s)) for s in job.seeds]
+            negative = job.negative_prompt or None
+            with torch.inference_mode():
+                out = self.pipe(
+                    prompt=[job.prompt] * job.n,
+                    negative_prompt=[negative] * job.n if negative else None,
+                    generator=generators,
+                    num_inference_steps=job.num_inference_steps,
+                    guidance_scale=job.guidance_scale,
+                    height=job.height,
+                    width=job.width,
+                    output_type="np",
+                )
+            self.stats["requests"] += 1
+            self.stats["images"] += job.n
+            self.stats["generate_seconds"] += time.perf_counter() - t0
+        return to_uint8(np.asarray(out.images))
+
+    def generate(self, job: GenerationJob | Mapping[str, Any]) -> list[bytes]:
+        """PNG bytes of each image of ``job``."""
+        from selma_ray.images.generate import encode_image
+
+        if not isinstance(job, GenerationJob):
+            job = GenerationJob.from_dict(job)
+        return [encode_image(pixels, "png") for pixels in self.draw(job)]
+
+
+# --------------------------------------------------------------------------- Serve deployment
+
+
+@serve.deployment(name="SelmaImageModel")
+class ImageModel:
+    """Serve deployment around :class:`VariantPipeline`; options are set by ``build_app``."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        device: str | None = None,
+        torch_threads: int | None = None,
+        dtype: str | None = None,
+    ) -> None:
+        self.engine = VariantPipeline(spec, device=device, torch_threads=torch_threads, dtype=dtype)
+        # one worker thread: the replica's generations run one at a time, off the event loop
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selma-generate")
+        log.info(
+            "SelmaImageModel ready: %s on %s (pipeline %.1fs, %d adapters %.1fs)",
+            list(spec.variants),
+            self.engine.device,
+            self.engine.load_seconds,
+            len(spec.adapters),
+            self.engine.adapter_load_seconds,
+        )
+
+    async def generate(self, job: dict[str, Any]) -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.engine.generate, job)
+
+    def variants(self) -> list[str]:
+        return list(self.engine.variants)
+
+    def stats(self) -> dict[str, float]:
+        return dict(self.engine.stats)
+
+
+# --------------------------------------------------------------------------- demo run dirs
+
+
+def make_random_run_dir(
+    run_dir: str,
+    *,
+    base_model: str = "tiny:sd",
+    skills: Sequence[str] = ("countbench", "whoops"),
+    merged: bool = True,
+    rank: int = 4,
+    scale: float = 0.3,
+    seed: int = 0,
+    serve_overrides: Mapping[str, Any] | None = None,
+) -> ModelSpec:
+    """Write a servable run directory with random LoRAs (tests, benchmarks, smoke checks).
+
+    ``config.yaml`` (images.model = ``base_model``), one random expert per skill and, if
+    ``merged``, a random merged LoRA, each saved with :func:`~selma_ray.training.lora.save_lora`.
+    Every LoRA tensor (A and B) is ``scale * N(0, 1)`` so each variant visibly changes images.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from selma_ray.config import SelmaConfig
+    from selma_ray.models import resolve_model
+    from selma_ray.training.lora import add_lora, save_lora
+
+    rd = RunDir(run_dir)
+    data: dict[str, Any] = {
+        "images": {"model": base_model},
+        "prompts": {"skills": list(skills)},
+        "serve": dict(serve_overrides or {}),
+    }
+    cfg = SelmaConfig.model_validate(data)
+    rd.write_text(cfg.to_yaml(), "config.yaml")
+    unet = UNet2DConditionModel.from_pretrained(resolve_model(base_model), subfolder="unet")
+    add_lora(unet, rank, float(rank))
+    targets = [(f"{EXPERTS_DIR}/{s}", "expert.json", {"skill": s}) for s in skills]
+    if merged:
+        targets.append((MERGED_DIR, "merge.json", {"method": "random", "experts": list(skills)}))
+    for i, (folder, meta_file, meta) in enumerate(targets):
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        with torch.no_grad():
+            for name, p in unet.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * scale)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_lora(unet, tmp)
+            with open(path, "rb") as f:
+                rd.write_bytes(f.read(), *folder.split("/"), LORA_FILE)
+        rd.write_json({**meta, "base_model": base_model, "weights": LORA_FILE}, folder, meta_file)
+    return discover_variants(rd, cfg)

@@ -1,0 +1,311 @@
+"""Re-scoring answers tables: the DSG authors' published table, hand-computed rules, I/O."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from selma_ray.evaluation.benchmarks import load_dsg1k
+from selma_ray.evaluation.rescore import format_table, read_answers, rescore_answers, rescore_file
+
+DATA = Path(__file__).parent / "data"
+RELEASE = DATA / "dsg1k_pali17b_sd2dot1" / "answers.csv"
+MINI = DATA / "mini_dsg1k.csv"
+MINI_ANSWERS = DATA / "mini_dsg1k_answers.csv"
+MODEL_KEYS = {"overall", "by_category", "n_items", "n_missing"}
+
+#: SD v2.1 answered by PaLI-17B: the table printed by the DSG authors' t2i_eval_dsg1k.py
+#: (README of github.com/j-min/DSG, "DSG-1k score calculation").
+PUBLISHED_SD21 = {
+    "tifa": 88.1,
+    "paragraph": 85.1,
+    "relation": 34.4,
+    "count": 70.4,
+    "real_user": 89.7,
+    "pose": 89.6,
+    "defying": 84.4,
+    "text": 83.7,
+}
+PUBLISHED_SD21_OVERALL = 80.5
+PUBLISHED_SD21_ITEMS = {
+    "tifa": 160,
+    "paragraph": 200,
+    "relation": 100,
+    "count": 100,
+    "real_user": 200,
+    "pose": 100,
+    "defying": 100,
+    "text": 100,
+}
+
+
+# --------------------------------------------------------------------------- published table
+
+
+@pytest.fixture(scope="module")
+def release_reports():
+    return {
+        rules: rescore_file("dsg1k", str(RELEASE), rules=rules)
+        for rules in ("reference", "transitive")
+    }
+
+
+def test_reference_rules_reproduce_the_published_dsg1k_table(release_reports):
+    report = release_reports["reference"]
+    assert set(report) == {"benchmark", "models", "diagnostics"}
+    assert report["benchmark"] == "dsg1k"
+    sd21 = report["models"]["sd2dot1"]
+    assert set(sd21) == MODEL_KEYS
+    assert round(sd21["overall"], 1) == PUBLISHED_SD21_OVERALL
+    assert {c: round(v, 1) for c, v in sd21["by_category"].items()} == PUBLISHED_SD21
+    assert list(sd21["by_category"]) == list(PUBLISHED_SD21)  # the published order
+    assert (sd21["n_items"], sd21["n_missing"]) == (1060, 1)  # tifa160_134 has no answers
+    assert sum(PUBLISHED_SD21_ITEMS.values()) == 1060
+
+
+def test_default_rules_on_the_release(release_reports):
+    """Transitive zeroing and kept integer parts move four categories (regression values)."""
+    sd21 = release_reports["transitive"]["models"]["sd2dot1"]
+    assert round(sd21["overall"], 1) == 80.3
+    assert {c: round(v, 1) for c, v in sd21["by_category"].items()} == {
+        **PUBLISHED_SD21,
+        "tifa": 88.0,
+        "paragraph": 84.8,
+        "pose": 89.2,
+        "defying": 83.7,
+    }
+
+
+def test_release_diagnostics_report_the_loader_fixes(release_reports):
+    diag = release_reports["transitive"]["diagnostics"]
+    assert diag["rules"]["name"] == "transitive"
+    assert release_reports["reference"]["diagnostics"]["rules"]["zeroing"] == "direct"
+    assert diag["dependency_fixes"]["counts"] == {
+        "non-integer text": 10,
+        "self-reference": 44,
+        "unknown parent": 8,
+    }
+    assert {
+        "item_id": "posescript_69",
+        "proposition_id": 9,
+        "raw": "5, right",
+        "kept": [5],
+        "dropped": ["right"],
+        "reasons": ["non-integer text"],
+    } in diag["dependency_fixes"]["cells"]
+    model = diag["models"]["sd2dot1"]
+    assert model["unknown_item_rows"] == model["unknown_question_rows"] == 0
+    assert model["missing_questions"] == 0
+    table = format_table(release_reports["reference"])
+    assert "rules: reference" in table
+    assert "80.5" in table and "sd2dot1" in table
+    assert "10 non-integer text, 44 self-reference, 8 unknown parent" in table
+
+
+# --------------------------------------------------------------------------- hand-computed rules
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_dsg1k(str(MINI))
+
+
+# Hand computation (per item: question scores after zeroing -> item score).
+# Model A, default rules (transitive; dirty cell "2, left" keeps parent 2):
+#   tifa160_1 yes,no,yes,yes: q2 no -> q3 (<-2) and q4 (<-2) zeroed -> [1,0,0,0] = 0.25
+#   tifa160_2 Yes.,no,yes: q3 (<-1,2) zeroed by q2 -> 1/3
+#   vrd_1 yes,yes,no,yes: q4 (<-3; the self-reference 4 is dropped) zeroed -> 0.5
+#   whoops_1 no rows -> missing, 0;   whoops_2 only q1 yes -> [1,0] = 0.5
+#   countbench_1 no -> 0
+A_DEFAULT = {
+    "overall": 100 * (0.25 + 1 / 3 + 0.5 + 0 + 0.5 + 0) / 6,
+    "by_category": {
+        "tifa": 100 * (0.25 + 1 / 3) / 2,
+        "relation": 50.0,
+        "count": 0.0,
+        "defying": 25.0,
+    },
+    "n_items": 6,
+    "n_missing": 1,
+}
+# Reference rules: tifa160_1 has a dirty cell, so it loses all dependencies -> [1,0,1,1] = 0.75.
+A_REFERENCE = {
+    **A_DEFAULT,
+    "overall": 100 * (0.75 + 1 / 3 + 0.5 + 0 + 0.5 + 0) / 6,
+    "by_category": {**A_DEFAULT["by_category"], "tifa": 100 * (0.75 + 1 / 3) / 2},
+}
+# Model B answers only tifa and relation items (count and defying are not scored):
+#   tifa160_1 (repeated q1: the last row, "yes", counts) yes,yes,no,yes -> [1,1,0,1] = 0.75
+#   tifa160_2 only a row for question 9, which does not exist -> missing, 0
+#   vrd_1 no,yes,yes,yes: default: q3 (<-1) zeroed, so q4 (<-3) too -> [0,1,0,0] = 0.25
+#                         reference (direct): q4's parent q3 answered yes -> [0,1,0,1] = 0.5
+B_DEFAULT = {
+    "overall": 100 * (0.75 + 0 + 0.25) / 3,
+    "by_category": {"tifa": 37.5, "relation": 25.0},
+    "n_items": 3,
+    "n_missing": 1,
+}
+B_REFERENCE = {
+    **B_DEFAULT,
+    "overall": 100 * (0.75 + 0 + 0.5) / 3,
+    "by_category": {"tifa": 37.5, "relation": 50.0},
+}
+
+
+def assert_model(got, expected):
+    assert set(got) == MODEL_KEYS
+    assert got["overall"] == pytest.approx(expected["overall"], abs=1e-4)
+    assert list(got["by_category"]) == list(expected["by_category"])
+    assert got["by_category"] == pytest.approx(expected["by_category"], abs=1e-4)
+    assert (got["n_items"], got["n_missing"]) == (expected["n_items"], expected["n_missing"])
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected_a", "expected_b"),
+    [("transitive", A_DEFAULT, B_DEFAULT), ("reference", A_REFERENCE, B_REFERENCE)],
+)
+def test_two_models_hand_computed(mini, rules, expected_a, expected_b):
+    report = rescore_answers(read_answers(str(MINI_ANSWERS)), mini, rules, source="mini")
+    assert list(report["models"]) == ["A", "B"]
+    assert_model(report["models"]["A"], expected_a)
+    assert_model(report["models"]["B"], expected_b)
+    diag = report["diagnostics"]
+    assert diag["models"]["A"]["missing_questions"] == 1  # whoops_2 q2
+    assert diag["models"]["A"]["categories_without_answers"] == []
+    b = diag["models"]["B"]
+    assert (b["unknown_item_rows"], b["unknown_question_rows"], b["duplicate_rows"]) == (1, 1, 1)
+    assert b["categories_without_answers"] == ["count", "defying"]
+    assert diag["unknown_item_ids"] == ["vrd_999"]
+    assert diag["unknown_questions"] == ["tifa160_2:9"]
+    assert diag["dependency_fixes"]["counts"] == {"non-integer text": 1, "self-reference": 1}
+
+
+def test_parquet_input_with_a_model_column(mini, tmp_path):
+    df = read_answers(str(MINI_ANSWERS)).rename(columns={"t2i_model": "model"})
+    df["question_id"] = df["question_id"].astype(int)
+    path = tmp_path / "answers.parquet"
+    df.to_parquet(path)
+    report = rescore_answers(read_answers(str(path)), mini, "transitive", source=str(path))
+    assert_model(report["models"]["A"], A_DEFAULT)
+    assert_model(report["models"]["B"], B_DEFAULT)
+
+
+def test_without_a_model_column_everything_is_default(mini, tmp_path):
+    df = read_answers(str(MINI_ANSWERS))
+    df = (
+        df[df["t2i_model"] == "A"]
+        .drop(columns="t2i_model")
+        .rename(columns={"question_id": "proposition_id"})
+    )
+    path = tmp_path / "a.csv"
+    df.to_csv(path, index=False)
+    report = rescore_answers(read_answers(str(path)), mini, "transitive")
+    assert list(report["models"]) == ["default"]
+    assert_model(report["models"]["default"], A_DEFAULT)
+
+
+def test_format_table(mini):
+    report = rescore_answers(read_answers(str(MINI_ANSWERS)), mini, "transitive", source="mini.csv")
+    table = format_table(report)
+    lines = table.splitlines()
+    assert lines[0] == "DSG-1k scores (0-100) from mini.csv"
+    header = next(line for line in lines if line.startswith("model"))
+    assert header.split() == [
+        "model",
+        "overall",
+        "tifa",
+        "relation",
+        "count",
+        "defying",
+        "items",
+        "missing",
+    ]
+    row_b = next(line for line in lines if line.startswith("B "))
+    assert row_b.split() == ["B", "33.3", "37.5", "25.0", "-", "-", "3", "1"]
+    assert "B: 1 row(s) for unknown item_ids, ignored" in table
+    assert "B: 1 repeated row(s); the last one counts" in table
+    assert "A: 1 unanswered question(s), scored 0" in table
+    assert "'-': the model has no answers in that category" in table
+
+
+# --------------------------------------------------------------------------- files and errors
+
+
+def test_rescore_file_writes_the_report_and_excludes_unanswered_categories(tmp_path):
+    answers = tmp_path / "answers.csv"
+    answers.write_text(
+        "item_id,question_id,answer\nwhoops_5,1,Yes\nwhoops_5,2,no\nwhoops_5,3,yes.\n"
+    )
+    out = tmp_path / "reports" / "report.json"
+    report = rescore_file("dsg1k", str(answers), str(out))
+    assert json.loads(out.read_text()) == report
+    # only "defying" has answers: its 100 items are scored, 99 of them missing (0);
+    # whoops_5 scores [1, 0, 1] = 2/3 (questions 2 and 3 both depend on question 1 only)
+    assert report["models"] == {
+        "default": {
+            "overall": round(100 * (2 / 3) / 100, 4),
+            "by_category": {"defying": round(100 * (2 / 3) / 100, 4)},
+            "n_items": 100,
+            "n_missing": 99,
+        }
+    }
+
+
+def test_a_model_with_only_unknown_rows_is_reported_not_scored(mini):
+    df = pd.DataFrame(
+        {
+            "t2i_model": ["A", "C"],
+            "item_id": ["countbench_1", "parti_1"],
+            "question_id": [1, 1],
+            "answer": ["yes", "yes"],
+        }
+    )
+    report = rescore_answers(df, mini)
+    assert list(report["models"]) == ["A"]
+    assert report["diagnostics"]["unscored_models"] == ["C"]
+    assert "C: no answer names a benchmark question; not scored" in format_table(report)
+
+
+def test_csv_with_a_byte_order_mark(tmp_path, mini):
+    path = tmp_path / "bom.csv"
+    path.write_text("item_id,question_id,answer\ncountbench_1,1,yes\n", encoding="utf-8-sig")
+    report = rescore_answers(read_answers(str(path)), mini)
+    assert report["models"]["default"]["by_category"] == {"count": 100.0}
+
+
+def test_rescore_file_reads_fsspec_urls(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    with fs.open("/rescore/answers.csv", "wb") as f, open(RELEASE, "rb") as src:
+        shutil.copyfileobj(src, f)
+    report = rescore_file("dsg1k", "memory:///rescore/answers.csv", "memory:///rescore/out.json")
+    assert report["models"]["sd2dot1"]["n_items"] == 1060
+    assert json.loads(fs.cat_file("/rescore/out.json")) == report
+
+
+def test_missing_columns_name_expected_and_found(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("item,qid,answer\nvrd_1,1,yes\n")
+    with pytest.raises(ValueError) as e:
+        rescore_file("dsg1k", str(path))
+    message = str(e.value)
+    assert "missing column(s) ['item_id', 'question_id (or proposition_id)']" in message
+    assert "Expected columns: item_id, question_id (or proposition_id), answer" in message
+    assert "Found: ['item', 'qid', 'answer']" in message
+
+
+def test_other_errors(tmp_path, mini):
+    with pytest.raises(ValueError, match="use one of \\['dsg1k'\\]"):
+        rescore_file("geneval", str(MINI_ANSWERS))
+    with pytest.raises(ValueError, match="unknown format; use a .csv"):
+        read_answers(str(tmp_path / "answers.json"))
+    unknown = pd.DataFrame({"item_id": ["parti_1"], "question_id": [1], "answer": ["yes"]})
+    with pytest.raises(ValueError, match="no row names a dsg1k item and question"):
+        rescore_answers(unknown, mini)
+    with pytest.raises(ValueError, match="DSG rules 'strict' unknown"):
+        rescore_answers(unknown, mini, "strict")
