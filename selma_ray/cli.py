@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from selma_ray.config import PRESETS, ConfigError, SelmaConfig, load_config
+from selma_ray.storage import RunDir
 
 EXIT_USAGE = 2
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline's stages in order (resumes a run dir)")
     _add_config_args(run)
     _add_run_args(run)
+    run.add_argument(
+        "--serve", action="store_true", help="then serve the run over HTTP until interrupted"
+    )
     run.add_argument(
         "--stages",
         help=f"comma-separated subset of {','.join(stage_names())} (default: all)",
@@ -158,6 +162,12 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
     for note in summary.notes:
         print(f"  note: {note}")
     print(f"manifest: {summary.run_dir}/manifest.json")
+    if RunDir(summary.run_dir).exists("merged", "pytorch_lora_weights.safetensors"):
+        print(f"serve it: selma-ray serve --run-dir {summary.run_dir}")
+    if getattr(args, "serve", False):
+        from selma_ray.serving import serve_run_dir
+
+        serve_run_dir(summary.run_dir, address=args.address, blocking=True)
     return 0
 
 
