@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="build_app argument, e.g. max_replicas=2, num_gpus=1, auth_token_env=SELMA_TOKEN",
     )
 
+    report = sub.add_parser("report", help="rebuild eval/report.html from a run's eval results")
+    report.add_argument("--run-dir", required=True, help="run directory (path or fsspec URI)")
+
     models = sub.add_parser("models", help="model utilities")
     msub = models.add_subparsers(dest="models_command", required=True)
     tiny = msub.add_parser("make-tiny", help="write tiny offline SD and chat-LLM models to DIR")
@@ -162,6 +165,8 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
     for note in summary.notes:
         print(f"  note: {note}")
     print(f"manifest: {summary.run_dir}/manifest.json")
+    if RunDir(summary.run_dir).exists("eval", "report.html"):
+        print(f"report: {RunDir(summary.run_dir).url('eval', 'report.html')}")
     if RunDir(summary.run_dir).exists("merged", "pytorch_lora_weights.safetensors"):
         print(f"serve it: selma-ray serve --run-dir {summary.run_dir}")
     if getattr(args, "serve", False):
@@ -225,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.run_dir, host=args.host, port=args.port, address=args.address,
                 blocking=True, **extra,
             )  # fmt: skip
+            return 0
+        if args.command == "report":
+            from selma_ray.evaluation.report import build_report
+
+            paths = build_report(args.run_dir)
+            print(f"report: {paths['html']}\ncontact sheet: {paths['contact_sheet']}")
             return 0
         if args.command == "models":
             from selma_ray.models.tiny import make_tiny

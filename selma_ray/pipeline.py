@@ -94,6 +94,12 @@ def _run_merge(ctx: StageContext) -> StageResult:
     return StageResult(counts=run_merge_stage(ctx.cfg, ctx.run_dir))
 
 
+def _run_eval(ctx: StageContext) -> StageResult:
+    from selma_ray.evaluation.stage import run_eval_stage
+
+    return StageResult(counts=run_eval_stage(ctx.cfg, ctx.run_dir, progress=ctx.progress))
+
+
 STAGES: list[Stage] = [
     Stage(
         name="prompts",
@@ -113,6 +119,7 @@ STAGES: list[Stage] = [
         run=_run_merge,
         needs_ray=lambda cfg: False,
     ),
+    Stage(name="eval", sections=("eval",), outputs=("eval",), run=_run_eval),
 ]
 
 

@@ -72,3 +72,9 @@ def ray_cluster(_ray_session_teardown):
     submission test runs its own `ray start --head`) can shut it down; the next user restarts it.
     """
     return _ensure_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_module(_ray_session_teardown):
+    """The same shared Ray for a module-scoped fixture (e.g. one Serve app per module)."""
+    return _ensure_ray()

@@ -81,11 +81,12 @@ def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_cluster, tiny_models, t
         "train.batch_size=2",
         "train.resolution=32",
         "images.resolution=32",
+        "eval.max_items=2",
     ]
     cfg = _cfg(*small, "images.steps=2")
     uri = str(tmp_path / "run")
     summary = run_pipeline(cfg, uri)
-    assert summary.ran == ["prompts", "images", "experts", "merge"]
+    assert summary.ran == ["prompts", "images", "experts", "merge", "eval"]
     rd = RunDir(uri)
     for skill in ("coco", "whoops"):
         meta = rd.read_jsonl("images", skill, "metadata.jsonl")
@@ -93,13 +94,15 @@ def test_tiny_pipeline_end_to_end_then_nothing_to_do(ray_cluster, tiny_models, t
         assert rd.exists("experts", skill, "pytorch_lora_weights.safetensors")
         assert rd.read_json("experts", skill, "expert.json")["steps"] == 2
     manifest = rd.read_json("manifest.json")["stages"]
-    assert [manifest[s]["status"] for s in ("prompts", "images", "experts", "merge")] == [
+    assert [manifest[s]["status"] for s in ("prompts", "images", "experts", "merge", "eval")] == [
         "done"
-    ] * 4
+    ] * 5
+    assert rd.exists("eval", "report.html") and rd.exists("eval", "answers.parquet")
     assert rd.exists("merged", "pytorch_lora_weights.safetensors")
     assert rd.read_json("merged", "merge.json")["method"] == "linear"
     again = run_pipeline(cfg, uri)
-    assert again.ran == [] and again.skipped == ["prompts", "images", "experts", "merge"]
+    assert again.ran == []
+    assert again.skipped == ["prompts", "images", "experts", "merge", "eval"]
     # a changed image setting is refused (first at the images stage), naming the field
     with pytest.raises(ConfigChangedError, match="stage images .*\n  images.steps: 2 -> 3"):
         run_pipeline(_cfg(*small, "images.steps=3"), uri)

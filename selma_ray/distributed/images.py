@@ -47,12 +47,17 @@ def generate_images(
     cache_dir: str | None = None,
     *,
     num_threads: int | None = None,
+    generator_cls: type = ImageGenerator,
+    generator_kwargs: dict[str, Any] | None = None,
+    cfg_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Draw ``rows`` (from :func:`~selma_ray.images.generate.plan_rows`) into ``out_uri``.
 
     Returns one result row per input row (metadata + ``written``: False when the image was
     already there). ``out_uri`` must be visible from every Ray worker: a local path on a
-    single node, a shared filesystem, or an object store URI.
+    single node, a shared filesystem, or an object store URI. ``generator_cls`` (an
+    :class:`ImageGenerator` subclass, e.g. the evaluation's LoRA-switching one) takes
+    ``generator_kwargs`` on top of the usual constructor arguments.
     """
     if not rows:
         return []
@@ -71,12 +76,13 @@ def generate_images(
     batch_size, n_batches = batch_plan(len(rows), cfg.batch_size, cfg.max_actors)
     out = map_rows_with_actors(
         rows,
-        ImageGenerator,
+        generator_cls,
         fn_constructor_kwargs={
-            "cfg": cfg.model_dump(mode="json"),
+            "cfg": {**cfg.model_dump(mode="json"), **(cfg_overrides or {})},
             "out_uri": out_uri,
             "cache_dir": cache_dir,
             "num_threads": num_threads,
+            **(generator_kwargs or {}),
         },
         min_actors=cfg.min_actors,
         max_actors=cfg.max_actors,

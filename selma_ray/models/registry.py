@@ -48,6 +48,8 @@ COMPLETE_MARKER = ".complete"
 _BUILDERS: dict[str, Callable[..., str]] = {
     "sd": tiny.make_tiny_sd,
     "llm": tiny.make_tiny_llm,
+    "clip": tiny.make_tiny_clip,
+    "vqa": tiny.make_tiny_vqa,
 }
 TINY_KINDS: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -29,7 +29,9 @@ __all__ = [
     "LLM_CHAT_TEMPLATE",
     "make_tiny",
     "make_tiny_llm",
+    "make_tiny_clip",
     "make_tiny_sd",
+    "make_tiny_vqa",
 ]
 
 #: Version of the tiny-model recipe; part of the cache directory name (see ``registry``).
@@ -375,6 +377,132 @@ def make_tiny_llm(path: str | os.PathLike[str], seed: int = 0) -> str:
         model.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
     _make_tokenizer_config_portable(out / "tokenizer_config.json")
+    return str(out)
+
+
+# --------------------------------------------------------------------------- CLIP (CLIPScore)
+
+_CLIP_IMAGE_SIZE = 32
+
+
+def make_tiny_clip(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Write a tiny random ``CLIPModel`` + ``CLIPProcessor`` to ``path``; return it as a str.
+
+    Loads with ``CLIPModel.from_pretrained(path)`` / ``CLIPProcessor.from_pretrained(path)``
+    (32x32 images, the tiny SD tokenizer, 32-d projections), like ``openai/clip-vit-*``.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    out = Path(path)
+    with _BUILD_LOCK:
+        tokenizer = _tiny_clip_tokenizer()
+        config = CLIPConfig(
+            text_config={
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id,
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "vocab_size": len(tokenizer),
+                "max_position_embeddings": _SD_MAX_LENGTH,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": _CLIP_IMAGE_SIZE,
+                "patch_size": 8,
+            },
+            projection_dim=32,
+        )
+        with _seeded(seed):
+            model = CLIPModel(config)
+        model.save_pretrained(str(out), safe_serialization=True)
+        image_processor = CLIPImageProcessor(
+            size={"shortest_edge": _CLIP_IMAGE_SIZE},
+            crop_size={"height": _CLIP_IMAGE_SIZE, "width": _CLIP_IMAGE_SIZE},
+        )
+        CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(
+            str(out)
+        )
+    _write_clip_vocab_files(out)
+    return str(out)
+
+
+# --------------------------------------------------------------------------- VQA (BLIP)
+
+_VQA_WORDS = (
+    "yes", "no", "a", "the", "is", "are", "there", "of", "on", "in", "what", "color", "how",
+    "many", "red", "blue", "green", "cat", "dog", "table", "left", "right", "person", "one",
+    "two", "three", "?", ".", ",",
+)  # fmt: skip
+
+
+def make_tiny_vqa(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Write a tiny random ``BlipForQuestionAnswering`` + ``BlipProcessor`` to ``path``.
+
+    Loads like ``Salesforce/blip-vqa-base``: ``AutoModelForVisualQuestionAnswering`` /
+    ``AutoProcessor.from_pretrained(path)``; ``generate`` answers in a few word-piece tokens
+    (random words: the weights are random). 32x32 images.
+    """
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForQuestionAnswering,
+        BlipImageProcessor,
+        BlipProcessor,
+        GenerationConfig,
+    )
+
+    out = Path(path)
+    with _BUILD_LOCK, tempfile.TemporaryDirectory() as tmp:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+        vocab_file = Path(tmp, "vocab.txt")
+        vocab_file.write_text("\n".join([*specials, *_VQA_WORDS]) + "\n", encoding="utf-8")
+        tokenizer = BertTokenizer(str(vocab_file), bos_token="[DEC]", model_max_length=32)
+        config = BlipConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "encoder_hidden_size": 32,
+                "intermediate_size": 37,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 64,
+                "bos_token_id": tokenizer.convert_tokens_to_ids("[DEC]"),
+                "pad_token_id": tokenizer.pad_token_id,
+                "sep_token_id": tokenizer.sep_token_id,
+                "eos_token_id": tokenizer.sep_token_id,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 37,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": _CLIP_IMAGE_SIZE,
+                "patch_size": 8,
+                "projection_dim": 32,
+            },
+            projection_dim=32,
+        )
+        with _seeded(seed):
+            model = BlipForQuestionAnswering(config)
+        model.generation_config = GenerationConfig(
+            bos_token_id=config.text_config.bos_token_id,
+            eos_token_id=config.text_config.sep_token_id,
+            pad_token_id=config.text_config.pad_token_id,
+            max_new_tokens=4,
+        )
+        model.save_pretrained(str(out), safe_serialization=True)
+        image_processor = BlipImageProcessor(
+            size={"height": _CLIP_IMAGE_SIZE, "width": _CLIP_IMAGE_SIZE}
+        )
+        BlipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(
+            str(out)
+        )
     return str(out)
 
 

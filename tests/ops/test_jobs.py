@@ -38,6 +38,8 @@ def local_cluster(tmp_path_factory, tiny_models):
     # token authentication, as Ray 2.60 clusters use by default: the CLI reads the same token
     env = {
         **os.environ,
+        # as with an activated venv: the job's `python` is this interpreter
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(16),
@@ -72,6 +74,7 @@ def test_pipeline_runs_as_a_ray_job(local_cluster, tmp_path):
         "--set", "images.resolution=32", "--set", "images.steps=2",
         "--set", "train.max_steps=2", "--set", "train.checkpoint_every=2",
         "--set", "train.batch_size=2", "--set", "train.resolution=32",
+        "--set", "eval.max_items=2",
     ]  # fmt: skip
     deadline = time.time() + 90
     while True:  # the job agent comes up a few seconds after `ray start`
@@ -94,8 +97,9 @@ def test_pipeline_runs_as_a_ray_job(local_cluster, tmp_path):
     assert "run directory:" in logs and "experts: done" in logs
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {s: e["status"] for s, e in manifest["stages"].items()} == {
-        s: "done" for s in ("prompts", "images", "experts", "merge")
+        s: "done" for s in ("prompts", "images", "experts", "merge", "eval")
     }
     assert (run_dir / "experts" / "coco" / "pytorch_lora_weights.safetensors").exists()
     assert (run_dir / "merged" / "pytorch_lora_weights.safetensors").exists()
+    assert (run_dir / "eval" / "report.html").exists()
     assert len((run_dir / "prompts" / "coco.jsonl").read_text().splitlines()) == 2

@@ -22,19 +22,10 @@ def served_run_dir(tiny_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_for_serving(_ray_session_teardown):
+def ray_for_serving(ray_module):
     """The session's local Ray (started here if no test started it yet), for a module's app.
 
     ``ray_cluster`` is function-scoped; a module-scoped Serve app needs Ray for the whole module,
     so this starts it with the same settings and leaves the shutdown to the session teardown.
     """
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            object_store_memory=256 * 1024 * 1024,
-            include_dashboard=False,
-            configure_logging=False,
-        )
-    return ray
+    return ray_module

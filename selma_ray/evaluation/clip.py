@@ -1,0 +1,75 @@
+"""Stage-5 CLIPScore with a transformers ``CLIPModel`` (Ray Data callable class).
+
+:class:`ClipScorer` loads ``CLIPModel`` + ``CLIPProcessor`` by reference (``openai/clip-vit-
+large-patch14`` as in the CLIPScore paper, a local path, or ``tiny:clip``) and maps a batch of
+``{"image_uri", "text"}`` rows to ``clip_score`` (``2.5 * max(cos, 0)``, see
+:func:`selma_ray.evaluation.scoring.clip_score`) from the projected image and text embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from selma_ray.evaluation.scoring import clip_score
+from selma_ray.evaluation.vqa import read_image
+
+
+class ClipScorer:
+    """Ray Data callable class: CLIPScore of each row's image against its text."""
+
+    def __init__(
+        self,
+        model_ref: str,
+        cache_dir: str | None = None,
+        num_threads: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import CLIPModel, CLIPProcessor
+
+        from selma_ray.images.generate import default_device
+        from selma_ray.models import resolve_model
+
+        t0 = time.perf_counter()
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.device = device or default_device()
+        path = resolve_model(model_ref, cache_dir)
+        self.processor = CLIPProcessor.from_pretrained(path)
+        self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
+        self.load_seconds = time.perf_counter() - t0
+
+    def embeddings(self, images: Sequence[Any], texts: Sequence[str]) -> tuple[Any, Any]:
+        """(image_embeds, text_embeds), row-paired, as float32 numpy arrays."""
+        import torch
+
+        inputs = self.processor(
+            images=list(images),
+            text=list(texts),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+        ).to(self.device)
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        return (
+            out.image_embeds.float().cpu().numpy(),
+            out.text_embeds.float().cpu().numpy(),
+        )
+
+    def score(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros(0)
+        img, txt = self.embeddings(images, texts)
+        return np.atleast_1d(clip_score(img, txt))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        uris = [str(u) for u in batch["image_uri"]]
+        texts = [str(t) for t in batch["text"]]
+        out = dict(batch)
+        out["clip_score"] = self.score([read_image(u) for u in uris], texts).astype(np.float64)
+        return out

@@ -1,0 +1,261 @@
+"""Stage-5 report: ``eval/report.html`` (self-contained) and ``eval/contact_sheet.png``.
+
+:func:`build_report` reads ``eval/report.json`` (written by the eval stage), the images under
+``eval/images/<variant>/`` and each expert's ``experts/<skill>/expert.json`` loss curves, and
+writes one HTML file with everything inlined as ``data:`` URIs: a metrics table per variant and
+category (with merged - base), an image grid per skill/benchmark category x variant with the
+prompts, and the training / validation loss curves (matplotlib when installed, else PIL).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from selma_ray.storage import RunDir
+
+STAGE_DIR = "eval"
+HTML_FILE = "report.html"
+CONTACT_SHEET = "contact_sheet.png"
+THUMB = 96
+PER_GROUP = 4  # images per category row in the grid
+
+
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(v: Any) -> str:
+    return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def _metric_rows(report: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float | None]]]:
+    """(metric names, {variant: {metric: value}}): every DSG overall/category, TIFA, CLIP."""
+    metrics: dict[str, None] = {}
+    table: dict[str, dict[str, float | None]] = {}
+    for v, entry in report["variants"].items():
+        row: dict[str, float | None] = {}
+        for bench, r in (entry.get("dsg") or {}).items():
+            row[f"DSG {bench}"] = r["overall"]
+            for cat, val in r["by_category"].items():
+                row[f"DSG {bench}: {cat}"] = val
+        if entry.get("tifa"):
+            row["TIFA"] = entry["tifa"]["overall"]
+            for cat, val in entry["tifa"]["by_category"].items():
+                row[f"TIFA: {cat}"] = val
+        row["CLIPScore"] = entry.get("clip")
+        metrics.update(dict.fromkeys(row))
+        table[v] = row
+    return list(metrics), table
+
+
+def metrics_table_html(report: dict[str, Any]) -> str:
+    metrics, table = _metric_rows(report)
+    variants = list(table)
+    delta = "base" in table and "merged" in table
+    head = "".join(f"<th>{_esc(v)}</th>" for v in variants)
+    head += "<th>merged &minus; base</th>" if delta else ""
+    body = []
+    for m in metrics:
+        cells = "".join(f"<td>{_fmt(table[v].get(m))}</td>" for v in variants)
+        if delta:
+            a, b = table["merged"].get(m), table["base"].get(m)
+            d = None if a is None or b is None else a - b
+            cls = "" if d is None else ' class="up"' if d > 0 else ' class="down"' if d < 0 else ""
+            cells += f"<td{cls}>{'' if d is None else f'{d:+.2f}'}</td>"
+        body.append(f"<tr><th>{_esc(m)}</th>{cells}</tr>")
+    return (
+        f'<table class="metrics"><thead><tr><th>metric</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _groups(report: dict[str, Any]) -> dict[str, list[str]]:
+    """{"<benchmark>: <category>": [item ids]} in report order, PER_GROUP each at most."""
+    out: dict[str, list[str]] = {}
+    for item_id, info in report.get("items", {}).items():
+        key = f"{info['benchmark']}: {info['category']}"
+        ids = out.setdefault(key, [])
+        if len(ids) < PER_GROUP:
+            ids.append(item_id)
+    return out
+
+
+def _image(rd: RunDir, variant: str, item_id: str) -> bytes | None:
+    name = f"{item_id}.png"
+    return (
+        rd.read_bytes(STAGE_DIR, "images", variant, name)
+        if rd.exists(STAGE_DIR, "images", variant, name)
+        else None
+    )
+
+
+def grid_html(rd: RunDir, report: dict[str, Any]) -> str:
+    variants = list(report["variants"])
+    parts = []
+    for group, ids in _groups(report).items():
+        head = "".join(f"<th>{_esc(v)}</th>" for v in variants)
+        rows = []
+        for item_id in ids:
+            info = report["items"][item_id]
+            cells = []
+            for v in variants:
+                data = _image(rd, v, item_id)
+                dsg = (report["variants"][v].get("dsg") or {}).get(info["benchmark"], {})
+                score = (dsg.get("items") or {}).get(item_id)
+                cap = "" if score is None else f"<br><small>DSG {score:.0f}</small>"
+                img = (
+                    f'<img src="{_data_uri(data)}" alt="{_esc(v)} {_esc(item_id)}" '
+                    f'width="{THUMB}" height="{THUMB}">'
+                    if data
+                    else "<em>missing</em>"
+                )
+                cells.append(f"<td>{img}{cap}</td>")
+            rows.append(
+                f'<tr><td class="prompt"><code>{_esc(item_id)}</code><br>{_esc(info["text"])}'
+                f"</td>{''.join(cells)}</tr>"
+            )
+        parts.append(
+            f'<h3>{_esc(group)}</h3><table class="grid"><thead><tr><th>prompt</th>{head}</tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+    return "".join(parts)
+
+
+def loss_curves(rd: RunDir) -> dict[str, dict[str, list[list[float]]]]:
+    """{skill: {"train_loss": [[step, loss]...], "val_loss": [...]}} from expert.json files."""
+    out = {}
+    for skill in sorted(rd.listdir("experts")) if rd.exists("experts") else []:
+        if rd.exists("experts", skill, "expert.json"):
+            meta = rd.read_json("experts", skill, "expert.json")
+            out[skill] = {k: list(meta.get(k) or []) for k in ("train_loss", "val_loss")}
+    return out
+
+
+def plot_curves(skill: str, curves: dict[str, list[list[float]]]) -> bytes:
+    """A PNG plot of one expert's train/val loss (matplotlib, else a PIL line drawing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _plot_pil(skill, curves)
+    fig, ax = plt.subplots(figsize=(4, 2.6), dpi=100)
+    for key, style in (("train_loss", "-"), ("val_loss", "o--")):
+        pts = curves.get(key) or []
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=key.replace("_", " "))
+    ax.set_title(f"expert {skill}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_pil(skill: str, curves: dict[str, list[list[float]]]) -> bytes:
+    from PIL import Image, ImageDraw
+
+    w, h, m = 400, 260, 30
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.text((m, 5), f"expert {skill}: train (blue) / val (red) loss", fill="black")
+    d.rectangle([m, m, w - m, h - m], outline="black")
+    pts_all = [p for k in ("train_loss", "val_loss") for p in curves.get(k) or []]
+    if pts_all:
+        xs, ys = [p[0] for p in pts_all], [p[1] for p in pts_all]
+        x0, x1, y0, y1 = min(xs), max(xs) or 1, min(ys), max(ys)
+        sx = (w - 2 * m) / ((x1 - x0) or 1)
+        sy = (h - 2 * m) / ((y1 - y0) or 1)
+        for key, color in (("train_loss", "blue"), ("val_loss", "red")):
+            line = [(m + (p[0] - x0) * sx, h - m - (p[1] - y0) * sy) for p in curves.get(key) or []]
+            if len(line) > 1:
+                d.line(line, fill=color, width=2)
+            for x, y in line:
+                d.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def contact_sheet(rd: RunDir, report: dict[str, Any]) -> bytes:
+    """One PNG: a row per item (up to PER_GROUP per category), a column per variant."""
+    from PIL import Image, ImageDraw
+
+    variants = list(report["variants"])
+    ids = [i for group in _groups(report).values() for i in group]
+    label_w, head_h = 160, 20
+    sheet = Image.new(
+        "RGB", (label_w + THUMB * len(variants), head_h + THUMB * max(len(ids), 1)), "white"
+    )
+    d = ImageDraw.Draw(sheet)
+    for c, v in enumerate(variants):
+        d.text((label_w + c * THUMB + 2, 4), v[:16], fill="black")
+    for r, item_id in enumerate(ids):
+        y = head_h + r * THUMB
+        d.text((2, y + 2), item_id[:24], fill="black")
+        d.text((2, y + 16), report["items"][item_id]["text"][:24], fill="gray")
+        for c, v in enumerate(variants):
+            data = _image(rd, v, item_id)
+            if data:
+                with Image.open(io.BytesIO(data)) as im:
+                    sheet.paste(im.convert("RGB").resize((THUMB, THUMB)), (label_w + c * THUMB, y))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+_CSS = """
+body{font-family:sans-serif;margin:20px;color:#222}
+table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ccc;padding:4px 6px;text-align:center;vertical-align:top}
+td.prompt{text-align:left;max-width:260px;font-size:12px}
+.up{color:#080;font-weight:bold}.down{color:#b00;font-weight:bold}
+.curves img{margin:4px;border:1px solid #ddd}
+"""
+
+
+def build_report(run_dir: str | RunDir) -> dict[str, str]:
+    """Write ``eval/report.html`` and ``eval/contact_sheet.png``; returns their URIs."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not rd.exists(STAGE_DIR, "report.json"):
+        msg = f"no {rd.url(STAGE_DIR, 'report.json')}: run the eval stage first"
+        raise FileNotFoundError(msg)
+    report = rd.read_json(STAGE_DIR, "report.json")
+    curves = loss_curves(rd)
+    plots = "".join(
+        f'<img src="{_data_uri(plot_curves(skill, c))}" alt="loss curves {_esc(skill)}">'
+        for skill, c in curves.items()
+    )
+    sheet = contact_sheet(rd, report)
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in report.get("notes", []))
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>SELMA evaluation</title><style>{_CSS}</style></head>
+<body>
+<h1>SELMA evaluation</h1>
+<p>Run: <code>{_esc(rd.uri)}</code>. VQA: <code>{_esc(report.get("vqa_model"))}</code>,
+CLIP: <code>{_esc(report.get("clip_model"))}</code>, DSG rules: {_esc(report.get("rules"))}.</p>
+<ul>{notes}</ul>
+<h2>Metrics (0-100; CLIPScore 0-2.5)</h2>
+{metrics_table_html(report)}
+<h2>Loss curves</h2>
+<div class="curves">{plots or "<p>no expert curves</p>"}</div>
+<h2>Images</h2>
+{grid_html(rd, report)}
+<h2>Contact sheet</h2>
+<img src="{_data_uri(sheet)}" alt="contact sheet">
+</body></html>
+"""
+    rd.write_bytes(sheet, STAGE_DIR, CONTACT_SHEET)
+    rd.write_text(page, STAGE_DIR, HTML_FILE)
+    return {"html": rd.url(STAGE_DIR, HTML_FILE), "contact_sheet": rd.url(STAGE_DIR, CONTACT_SHEET)}

@@ -1,0 +1,221 @@
+"""Stage-5 VQA backends: answer questions about generated images (Ray Data callable class).
+
+:class:`VQAScorer` loads one model by reference (a hub id, a local path, or ``tiny:vqa``; all
+through the same ``from_pretrained`` code) and answers a batch of rows::
+
+    {"image_uri": [...], "question": [...], "choices": ['["yes", "no"]' | "", ...], ...}
+    -> the same columns + "answer"
+
+Backends, picked from the model's config:
+
+* **VQA heads** (``AutoModelForVisualQuestionAnswering``): BLIP (``Salesforce/blip-vqa-base``,
+  ``Salesforce/blip-vqa-capfilt-large``, and ``tiny:vqa``, a random tiny BLIP) answer by
+  ``generate``; ViLT (``dandelin/vilt-b32-finetuned-vqa``) by its top answer label;
+  BLIP-2 (``Salesforce/blip2-flan-t5-xl``) by ``generate`` on a ``Question: ... Answer:`` prompt.
+* **Image-text-to-text chat models** (``AutoModelForImageTextToText`` + ``AutoProcessor``):
+  e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``, ``llava-hf/llava-1.5-7b-hf``,
+  ``HuggingFaceTB/SmolVLM-Instruct`` (the GPU presets' candidates), prompted with the question
+  and "Answer yes or no." (or "Answer with one of: ..." for multiple choice), greedy decoding.
+  Best effort: a model whose processor has no chat template gets the plain text prompt.
+
+Re-scoring a saved answers table (no model) is :mod:`selma_ray.evaluation.rescore`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: Columns a batch must have; ``choices`` (JSON list or "") is optional.
+INPUT_COLUMNS = ("image_uri", "question")
+
+
+def read_image(uri: str) -> Any:
+    """An RGB PIL image from a local path or any fsspec URI."""
+    import fsspec
+    from PIL import Image
+
+    with fsspec.open(uri, "rb") as f:
+        data = f.read()
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
+
+
+def parse_choices(value: Any) -> list[str]:
+    """``choices`` cell -> list of strings ("" / None / [] -> [])."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if not value.strip():
+            return []
+        loaded = json.loads(value)
+        return [str(c) for c in loaded]
+    return [str(c) for c in list(value)]
+
+
+def chat_prompt(question: str, choices: Sequence[str]) -> str:
+    """The instruction given to a chat VLM for one question."""
+    if choices:
+        return f"{question} Answer with one of: {', '.join(choices)}."
+    return f"{question} Answer yes or no."
+
+
+class VQAScorer:
+    """Ray Data callable class: answers each row's question about its image.
+
+    Args (picklable primitives): ``model_ref`` (hub id, path or ``tiny:vqa``), ``cache_dir``
+    (where ``tiny:`` models are built), ``num_threads`` (torch CPU threads), ``device``
+    (None = cuda if available), ``max_new_tokens`` (generative backends), ``dtype``
+    ("auto": float16 on CUDA, float32 on CPU).
+    """
+
+    def __init__(
+        self,
+        model_ref: str,
+        cache_dir: str | None = None,
+        num_threads: int | None = None,
+        device: str | None = None,
+        max_new_tokens: int = 8,
+        dtype: str = "auto",
+    ) -> None:
+        import torch
+        from transformers import AutoConfig, AutoProcessor
+
+        from selma_ray.images.generate import default_device, resolve_dtype
+        from selma_ray.models import resolve_model
+
+        t0 = time.perf_counter()
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.model_ref = model_ref
+        self.device = device or default_device()
+        self.max_new_tokens = int(max_new_tokens)
+        path = resolve_model(model_ref, cache_dir)
+        config = AutoConfig.from_pretrained(path)
+        self.model_type = str(getattr(config, "model_type", ""))
+        torch_dtype = resolve_dtype(dtype, self.device)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.backend = self._load(path, config, torch_dtype)
+        self.model.to(self.device).eval()
+        self.load_seconds = time.perf_counter() - t0
+
+    def _load(self, path: str, config: Any, torch_dtype: Any) -> str:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_VISUAL_QUESTION_ANSWERING_MAPPING_NAMES as VQA_NAMES,
+        )
+
+        if self.model_type in VQA_NAMES:
+            from transformers import AutoModelForVisualQuestionAnswering
+
+            self.model = AutoModelForVisualQuestionAnswering.from_pretrained(
+                path, dtype=torch_dtype
+            )
+            if self.model_type == "vilt":
+                return "classify"
+            return "blip2" if self.model_type == "blip-2" else "generate"
+        from transformers import AutoModelForImageTextToText
+
+        try:
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype)
+        except ValueError as e:
+            msg = (
+                f"eval.vqa_model {self.model_ref!r} (model_type {self.model_type!r}) is neither a "
+                "visual-question-answering model (BLIP, ViLT, BLIP-2) nor an image-text-to-text "
+                f"model: {e}"
+            )
+            raise ValueError(msg) from e
+        return "chat"
+
+    # ------------------------------------------------------------------ answering
+    def answer(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str],
+        choices: Sequence[Sequence[str]] | None = None,
+    ) -> list[str]:
+        """One answer string per (image, question)."""
+        import torch
+
+        choices = choices or [[] for _ in questions]
+        if not questions:
+            return []
+        with torch.inference_mode():
+            if self.backend == "classify":
+                inputs = self._inputs(images, list(questions))
+                logits = self.model(**inputs).logits
+                labels = self.model.config.id2label
+                return [str(labels[int(i)]) for i in logits.argmax(-1).tolist()]
+            if self.backend in ("generate", "blip2"):
+                texts = (
+                    [f"Question: {q} Answer:" for q in questions]
+                    if self.backend == "blip2"
+                    else list(questions)
+                )
+                inputs = self._inputs(images, texts)
+                out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+                if (
+                    self.backend == "blip2"
+                    and not self.model.config.use_decoder_only_language_model
+                ):
+                    pass  # encoder-decoder: output is only the answer
+                elif self.backend == "blip2":
+                    out = out[:, inputs["input_ids"].shape[1] :]
+                return [
+                    s.strip() for s in self.processor.batch_decode(out, skip_special_tokens=True)
+                ]
+            return self._chat(images, questions, choices)
+
+    def _inputs(self, images: Sequence[Any], texts: list[str]) -> Any:
+        inputs = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        return inputs.to(self.device)
+
+    def _chat(
+        self, images: Sequence[Any], questions: Sequence[str], choices: Sequence[Sequence[str]]
+    ) -> list[str]:
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"
+        texts = []
+        for q, c in zip(questions, choices, strict=True):
+            instruction = chat_prompt(q, c)
+            messages = [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": instruction}],
+                }
+            ]
+            try:
+                texts.append(
+                    self.processor.apply_chat_template(messages, add_generation_prompt=True)
+                )
+            except (ValueError, AttributeError, TypeError):
+                texts.append(instruction)
+        inputs = self.processor(
+            images=[[img] for img in images], text=texts, return_tensors="pt", padding=True
+        ).to(self.device)
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        out = out[:, inputs["input_ids"].shape[1] :]
+        return [s.strip() for s in self.processor.batch_decode(out, skip_special_tokens=True)]
+
+    # ------------------------------------------------------------------ Ray Data entry point
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [c for c in INPUT_COLUMNS if c not in batch]
+        if missing:
+            msg = f"VQAScorer: batch lacks column(s) {missing}; has {sorted(batch)}"
+            raise ValueError(msg)
+        uris = [str(u) for u in batch["image_uri"]]
+        questions = [str(q) for q in batch["question"]]
+        raw = batch.get("choices")
+        choices = [parse_choices(c) for c in raw] if raw is not None else None
+        images = [read_image(u) for u in uris]
+        answers = self.answer(images, questions, choices)
+        out = dict(batch)
+        out["answer"] = np.array(answers, dtype=object)
+        out["vqa_worker_pid"] = np.array([os.getpid()] * len(uris), dtype=np.int64)
+        return out
