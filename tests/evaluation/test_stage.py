@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from selma_ray.config import load_config
@@ -261,3 +263,35 @@ def test_stage_on_ray_matches_in_process(run, ray_cluster, tmp_path):
             "eval", "images", v, f"{item}.png"
         )
     assert copy.exists("eval", "report.html") and copy.exists("eval", "contact_sheet.png")
+
+
+def test_tifa_benchmark_end_to_end(tiny_models, in_process, tmp_path):
+    """eval.benchmarks=[tifa]: the TIFA file's captions are drawn, asked and scored."""
+    import torch
+
+    from selma_ray.evaluation.benchmarks import load_tifa
+
+    torch.set_num_threads(1)
+    tifa_file = Path(__file__).parent / "data" / "tifa_v1.0_sample_question_answers.json"
+    rd = RunDir(str(tmp_path / "run"))
+    _write_prompts(rd)
+    _write_experts(rd, tiny_models["sd"], tmp_path / "lora")
+    cfg = _cfg("eval.benchmarks=[tifa]", f"eval.tifa_path={tifa_file}", "eval.variants=[base]")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(eval_stage, "_draw", in_process[0])
+    mp.setattr(eval_stage, "_map", in_process[1])
+    try:
+        eval_stage.run_eval_stage(cfg, rd)
+    finally:
+        mp.undo()
+    report = rd.read_json("eval", "report.json")
+    tifa = report["variants"]["base"]["tifa"]
+    captions = load_tifa(str(tifa_file)).items
+    assert tifa["n_items"] == min(len(captions), cfg.eval.max_items)
+    assert 0 <= tifa["overall"] <= 100 and tifa["by_element_type"]
+    # every TIFA question was put to the VQA model with its choices
+    answers = pd.read_parquet(rd.path("eval", "answers.parquet"))
+    assert set(answers["benchmark"]) == {"tifa"}
+    asked = answers.groupby("item_id").size().to_dict()
+    expected = {c.item_id: len(c.questions) for c in captions if c.item_id in asked}
+    assert asked == expected
