@@ -383,6 +383,15 @@ def make_tiny_llm(path: str | os.PathLike[str], seed: int = 0) -> str:
 # --------------------------------------------------------------------------- CLIP (CLIPScore)
 
 _CLIP_IMAGE_SIZE = 32
+#: The vision tower shared by the tiny CLIP and the tiny BLIP VQA model.
+_TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": _CLIP_IMAGE_SIZE,
+    "patch_size": 8,
+}
 
 
 def make_tiny_clip(path: str | os.PathLike[str], seed: int = 0) -> str:
@@ -408,14 +417,7 @@ def make_tiny_clip(path: str | os.PathLike[str], seed: int = 0) -> str:
                 "vocab_size": len(tokenizer),
                 "max_position_embeddings": _SD_MAX_LENGTH,
             },
-            vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "image_size": _CLIP_IMAGE_SIZE,
-                "patch_size": 8,
-            },
+            vision_config=dict(_TINY_VISION),
             projection_dim=32,
         )
         with _seeded(seed):
@@ -477,15 +479,7 @@ def make_tiny_vqa(path: str | os.PathLike[str], seed: int = 0) -> str:
                 "sep_token_id": tokenizer.sep_token_id,
                 "eos_token_id": tokenizer.sep_token_id,
             },
-            vision_config={
-                "hidden_size": 32,
-                "intermediate_size": 37,
-                "num_hidden_layers": 2,
-                "num_attention_heads": 4,
-                "image_size": _CLIP_IMAGE_SIZE,
-                "patch_size": 8,
-                "projection_dim": 32,
-            },
+            vision_config={**_TINY_VISION, "projection_dim": 32},
             projection_dim=32,
         )
         with _seeded(seed):

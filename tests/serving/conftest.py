@@ -19,13 +19,3 @@ def served_run_dir(tiny_models, tmp_path_factory):
     path = tmp_path_factory.mktemp("served-run") / "run"
     spec = make_random_run_dir(str(path), base_model="tiny:sd", skills=SKILLS, seed=1)
     return {"path": str(path), "spec": spec}
-
-
-@pytest.fixture(scope="module")
-def ray_for_serving(ray_module):
-    """The session's local Ray (started here if no test started it yet), for a module's app.
-
-    ``ray_cluster`` is function-scoped; a module-scoped Serve app needs Ray for the whole module,
-    so this starts it with the same settings and leaves the shutdown to the session teardown.
-    """
-    return ray_module

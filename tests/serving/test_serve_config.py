@@ -34,7 +34,7 @@ def test_args_in_serve_config_are_accepted_by_the_builder(served_run_dir):
 
 
 @pytest.mark.slow
-def test_serves_from_serve_config(ray_for_serving, served_run_dir):
+def test_serves_from_serve_config(ray_module, served_run_dir):
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
