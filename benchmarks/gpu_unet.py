@@ -19,7 +19,16 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+try:
+    import selma_ray  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Stable Diffusion 1.5's UNet config, shared with the ``tiny:sd15-size`` pipeline builder
+from selma_ray.models.tiny import SD15_UNET_CONFIG as SD15_UNET  # noqa: E402
 
 #: Dense fp16/bf16 tensor-core peak, TFLOP/s, by device-name substring (first match wins).
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -33,36 +42,6 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("L4", 121.0),
     ("V100", 125.0),
 )
-
-SD15_UNET: dict[str, Any] = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
-    "up_block_types": (
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ),
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-    "act_fn": "silu",
-    "center_input_sample": False,
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-5,
-}
 
 TINY_UNET: dict[str, Any] = {
     "sample_size": 8,

@@ -4,7 +4,14 @@ Same model, prompts, seeds, step count, resolution and threads per worker everyw
 column draws ``--n`` images and writes them as PNG files:
 
 - ``bare``: one process, ``DiffusionPipeline`` + a Python loop (one image per call);
-- ``ray xN``: ``selma_ray.distributed.images.generate_images`` on a pool of N actors.
+- ``ray xN``: ``selma_ray.distributed.images.generate_images`` on a pool of N actors;
+- ``core exact`` / ``core batched`` (``--core``): the stage's own
+  :class:`~selma_ray.images.generate.ImageGenerator` called in this process, no Ray, with one
+  image per UNet call (the default, byte-reproducible) or ``--batch-size`` images per call.
+
+``--no-ray`` leaves out the Ray columns (a GPU box without Ray installed: the core and the
+bare loop still compare). ``--model tiny:sd15-size`` is Stable Diffusion 1.5's architecture at
+full size with random weights, for GPUs where no weights can be downloaded.
 
 Start-up (imports + pipeline load for the bare loop; Ray Data planning + actor start + load for
 Ray) is reported apart from the steady-state rate, which leaves out each worker's first image
@@ -13,6 +20,8 @@ Ray) is reported apart from the steady-state rate, which leaves out each worker'
     python benchmarks/images.py                      # tiny:sd, 16 images, 4 steps, 64 px
     python benchmarks/images.py --model stabilityai/stable-diffusion-2 --n 64 --steps 30 \\
         --resolution 512 --gpus-per-actor 0.5
+    python benchmarks/images.py --model tiny:sd15-size --n 16 --steps 30 --resolution 512 \
+        --batch-size 8 --core --no-ray
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="pool sizes to run")
     p.add_argument("--batched", action="store_true", help="exact_per_image=False")
     p.add_argument("--cache-dir", default=None, help="where tiny models are built")
+    p.add_argument("--core", action="store_true", help="add the in-process ImageGenerator")
+    p.add_argument("--no-ray", action="store_true", help="leave out the Ray Data columns")
     return p.parse_args(argv)
 
 
@@ -150,6 +161,47 @@ def ray_pool(
     }
 
 
+def core_generator(
+    args: argparse.Namespace, rows: list[dict[str, Any]], out: str, exact: bool
+) -> dict[str, Any]:
+    """The stage's ImageGenerator in this process (no Ray): batches of ``--batch-size`` rows."""
+    import numpy as np
+
+    from selma_ray.config import ImagesConfig
+    from selma_ray.images.generate import ImageGenerator
+
+    cfg = ImagesConfig(
+        model=args.model,
+        steps=args.steps,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        dtype="auto",
+        exact_per_image=exact,
+    )
+    t0 = time.time()
+    gen = ImageGenerator(cfg.model_dump(mode="json"), out, args.cache_dir, num_threads=args.threads)
+    ready = time.time() - t0
+    finished: list[float] = []
+    for i in range(0, len(rows), args.batch_size):
+        chunk = rows[i : i + args.batch_size]
+        batch = {k: np.array([r[k] for r in chunk]) for k in chunk[0]}
+        finished.extend(gen(batch)["finished_at"].tolist())
+    wall = time.time() - t0
+    ends = sorted(finished)
+    # batched mode finishes a whole batch at once: count from the end of the first batch
+    first = ends[0] if exact else ends[min(args.batch_size, len(ends)) - 1]
+    done_after_first = len(ends) - (1 if exact else min(args.batch_size, len(ends)))
+    steady = done_after_first / (ends[-1] - first) if ends[-1] > first else float("nan")
+    return {
+        "startup_s": ready,
+        "startup_note": "pipeline load",
+        "steady_ips": steady,
+        "wall_s": wall,
+        "e2e_ips": len(rows) / wall,
+        "workers": 1,
+    }
+
+
 def table(columns: dict[str, dict[str, Any]], ray_init_s: float | None) -> str:
     base = columns["bare"]["steady_ips"]
     lines: list[tuple[str, list[str]]] = [
@@ -185,30 +237,48 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="selma-bench-images-") as tmp:
         columns["bare"] = bare_loop(args, rows, os.path.join(tmp, "bare"))
         print(f"bare loop done: {columns['bare']['steady_ips']:.2f} images/s", file=sys.stderr)
-        import ray
-
-        t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
-        if args.num_cpus:
-            kwargs["num_cpus"] = args.num_cpus
-        ray.init(**kwargs)
-        ray_init_s = time.perf_counter() - t0
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        try:
-            for n in args.actors:
-                out = os.path.join(tmp, f"ray{n}")
-                columns[f"ray x{n}"] = ray_pool(args, rows, out, n)
-                print(f"ray x{n} done", file=sys.stderr)
-        finally:
-            ray.shutdown()
+        if args.core:
+            for exact in (True, False):
+                name = "core exact" if exact else "core batched"
+                columns[name] = core_generator(args, rows, os.path.join(tmp, name), exact)
+                print(f"{name} done", file=sys.stderr)
+        ray_init_s = None
+        if not args.no_ray:
+            ray_init_s = run_ray_columns(args, rows, tmp, columns)
     mode = "batched" if args.batched else "exact per image"
     print(
         f"\nmodel {args.model}, {args.n} images, {args.steps} steps, {args.resolution} px, "
-        f"batch {args.batch_size}, {args.threads} torch thread(s) per worker, {mode}, "
-        f"{os.cpu_count()} CPUs"
+        f"batch {args.batch_size}, {args.threads} torch thread(s) per worker, Ray columns "
+        f"{mode}, {os.cpu_count()} CPUs"
     )
     print(table(columns, ray_init_s))
     return 0
+
+
+def run_ray_columns(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    tmp: str,
+    columns: dict[str, dict[str, Any]],
+) -> float:
+    """Start a local Ray, run one column per pool size; returns ray.init's time."""
+    import ray
+
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    if args.num_cpus:
+        kwargs["num_cpus"] = args.num_cpus
+    ray.init(**kwargs)
+    ray_init_s = time.perf_counter() - t0
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        for n in args.actors:
+            out = os.path.join(tmp, f"ray{n}")
+            columns[f"ray x{n}"] = ray_pool(args, rows, out, n)
+            print(f"ray x{n} done", file=sys.stderr)
+    finally:
+        ray.shutdown()
+    return ray_init_s
 
 
 if __name__ == "__main__":

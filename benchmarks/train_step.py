@@ -3,6 +3,12 @@
     python benchmarks/train_step.py [--model tiny:sd] [--resolution 64] [--batch-size 4]
                                     [--steps 20] [--warmup 3] [--pairs 16] [--device cpu|cuda]
                                     [--mixed-precision no|fp16|bf16] [--threads N]
+                                    [--rank 4] [--gradient-checkpointing]
+
+On a GPU with no downloadable weights, ``--model tiny:sd15-size`` is Stable Diffusion 1.5's
+architecture at full size (random weights), e.g. the ``sd15`` preset's step:
+``--model tiny:sd15-size --resolution 512 --batch-size 16 --rank 128 --mixed-precision fp16
+--gradient-checkpointing``.
 
 Writes a synthetic imagefolder (``--pairs`` random images at 1.5x ``--resolution`` wide, so the
 resize + crop is exercised), then runs the real training step of ``selma_ray.training.loop``
@@ -48,6 +54,9 @@ def measure(args: argparse.Namespace, run_dir: str, cache: bool) -> dict[str, fl
         cache_inputs=cache,
         validation_fraction=0.0,
         mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        rank=args.rank,
+        alpha=args.rank,
         learning_rate=1e-4,
     )
     trainer = _Trainer(
@@ -62,20 +71,33 @@ def measure(args: argparse.Namespace, run_dir: str, cache: bool) -> dict[str, fl
         rank=0,
         model_cache_dir=None,
     )
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
         trainer.train_step()
     times = []
+    losses = []
     for _ in range(args.steps):
         _sync(args.device)
         start = time.perf_counter()
-        trainer.train_step()
+        losses.append(trainer.train_step())
         _sync(args.device)
         times.append(time.perf_counter() - start)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    cache_info = dict(trainer.cache_info)
+    del trainer
+    if cuda:
+        torch.cuda.empty_cache()
     return {
+        "peak_gib": peak_gib,
+        "last_loss": losses[-1],
         "step_s": statistics.mean(times),
         "step_sd_s": statistics.stdev(times) if len(times) > 1 else 0.0,
-        "encode_once_s": float(trainer.cache_info.get("seconds", 0.0)) if cache else 0.0,
-        "cache_built": bool(trainer.cache_info.get("built", False)),
+        "encode_once_s": float(cache_info.get("seconds", 0.0)) if cache else 0.0,
+        "cache_built": bool(cache_info.get("built", False)),
     }
 
 
@@ -90,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (= alpha)")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="(CUDA only)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"model {args.model}  device {args.device} ({name})  resolution {args.resolution}  "
         f"batch {args.batch_size}  steps {args.steps} (+{args.warmup} warmup)  "
-        f"mixed precision {args.mixed_precision}  torch threads {torch.get_num_threads()}"
+        f"mixed precision {args.mixed_precision}  LoRA rank {args.rank}  gradient "
+        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}  torch threads "
+        f"{torch.get_num_threads()}"
     )
     rows = [
         ("", "cached", "uncached"),
@@ -126,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.batch_size / uncached['step_s']:.1f}",
         ),
         ("one-time encode (s)", f"{cached['encode_once_s']:.2f}", "-"),
+        ("last loss", f"{cached['last_loss']:.4f}", f"{uncached['last_loss']:.4f}"),
     ]
+    if args.device.startswith("cuda"):
+        rows.append(
+            ("peak GPU memory (GiB)", f"{cached['peak_gib']:.1f}", f"{uncached['peak_gib']:.1f}")
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}")

@@ -233,6 +233,21 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = Field(False, json_schema_extra=RUNTIME)
     cache_inputs: bool = Field(True, description="Encode latents / text once, train from cache.")
+    cache_actors: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Actors that encode the skills' input caches before training (Ray Data, one skill "
+            "per task; capped at the number of skills)."
+        ),
+        json_schema_extra=RUNTIME,
+    )
+    cache_gpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per cache-encoding actor; None = 1 with use_gpu, else 0.",
+        json_schema_extra=RUNTIME,
+    )
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out slice per skill.")
     checkpoint_every: int = Field(10, ge=1, description="Steps between checkpoints + val loss.")
     num_to_keep: int = Field(2, ge=1, json_schema_extra=RUNTIME)

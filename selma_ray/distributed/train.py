@@ -7,6 +7,11 @@ launched together from driver threads (which hold no Ray resources); runs that d
 cluster wait for room. Running the stage again with the same run directory resumes every
 unfinished expert from its latest checkpoint: Ray Train restores a run by storage path + name.
 
+Before the trainers start, :func:`encode_input_caches` maps
+:class:`~selma_ray.training.cache.CacheEncoder` over the skills on a Ray Data actor pool (on the
+GPUs when training uses them): each skill's VAE latents and text-encoder states are written
+once to ``<run_dir>/cache/<skill>/``, and every training worker of that expert reads them.
+
 The training itself is :func:`selma_ray.training.loop.train_expert`; this module only maps it
 onto Ray Train (checkpoints in, metrics and checkpoints out).
 """
@@ -35,6 +40,55 @@ class RayReporter:
         if checkpoint_dir is not None and self.world_rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def encode_input_caches(
+    cfg: SelmaConfig, skills: list[str], run_dir_uri: str
+) -> dict[str, dict[str, Any]]:
+    """Build the input caches of ``skills`` on a Ray Data actor pool; one result row per skill.
+
+    ``train.cache_actors`` actors (at most one per skill), each with
+    ``train.cache_gpus_per_actor`` GPUs (default: 1 when ``train.use_gpu``) and
+    ``train.cpus_per_worker`` CPUs, load the frozen encoders once and take one skill per task.
+    A skill already cached for the same inputs and settings is only checked. An actor that
+    dies is restarted and its skill retried (up to ``train.max_failures`` times).
+    """
+    from selma_ray.distributed.data import map_rows_with_actors
+    from selma_ray.training.cache import CacheEncoder
+
+    if not skills:
+        return {}
+    t = cfg.train
+    gpus = t.cache_gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if t.use_gpu else 0.0
+    actors = min(len(skills), t.cache_actors)
+    rows = map_rows_with_actors(
+        [{"skill": s} for s in skills],
+        CacheEncoder,
+        fn_constructor_kwargs={
+            "train": t.model_dump(mode="json"),
+            "base_model": t.base_model or cfg.images.model,
+            "run_dir_uri": run_dir_uri,
+            "model_cache_dir": cfg.storage.cache_dir,
+            "seed": cfg.seed,
+        },
+        min_actors=1,
+        max_actors=actors,
+        initial_actors=actors,
+        batch_size=1,
+        rows_per_block=1,
+        max_tasks_in_flight_per_actor=1,
+        num_gpus=gpus,
+        num_cpus=t.cpus_per_worker,
+        max_restarts=-1,
+        max_task_retries=t.max_failures,
+    )
+    out = {}
+    for row in rows:
+        clean = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        out[str(clean["skill"])] = clean
+    return out
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -2,9 +2,33 @@
 
 ``generate`` holds the Ray-free core (seeds, row plan, the diffusers writer); ``stage`` runs the
 stage over a run directory through the Ray actor pool in ``selma_ray.distributed.images``.
+
+Names are re-exported lazily, so an image actor that imports the core does not import stage 1
+(the prompts reader and its ROUGE-L dependencies).
 """
 
-from selma_ray.images.generate import ImageGenerator, image_seed, plan_rows
-from selma_ray.images.stage import run_images_stage
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ImageGenerator": "generate",
+    "image_seed": "generate",
+    "plan_rows": "generate",
+    "run_images_stage": "stage",
+}
 
 __all__ = ["ImageGenerator", "image_seed", "plan_rows", "run_images_stage"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from selma_ray.prompts.stage import derive_seed
+from selma_ray.seeds import derive_seed
 from selma_ray.storage import RunDir
 
 if TYPE_CHECKING:

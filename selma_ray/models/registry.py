@@ -50,6 +50,8 @@ _BUILDERS: dict[str, Callable[..., str]] = {
     "llm": tiny.make_tiny_llm,
     "clip": tiny.make_tiny_clip,
     "vqa": tiny.make_tiny_vqa,
+    # Stable Diffusion 1.5's full architecture with random weights: GPU benchmarks, not tests
+    "sd15-size": tiny.make_sd15_size,
 }
 TINY_KINDS: tuple[str, ...] = tuple(_BUILDERS)
 

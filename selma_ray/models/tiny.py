@@ -16,7 +16,7 @@ import random
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import os
@@ -32,6 +32,7 @@ __all__ = [
     "make_tiny_clip",
     "make_tiny_sd",
     "make_tiny_vqa",
+    "make_sd15_size",
 ]
 
 #: Version of the tiny-model recipe; part of the cache directory name (see ``registry``).
@@ -196,6 +197,114 @@ def make_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> str:
                     num_hidden_layers=2,
                     num_attention_heads=4,
                     layer_norm_eps=1e-5,
+                    vocab_size=len(tokenizer),
+                    max_position_embeddings=_SD_MAX_LENGTH,
+                )
+            )
+        scheduler = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(str(out), safe_serialization=True)
+    _write_clip_vocab_files(out / "tokenizer")
+    return str(out)
+
+
+#: Stable Diffusion 1.5's UNet config (860 M parameters).
+SD15_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": (
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": (
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ),
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-5,
+}
+
+#: Stable Diffusion 1.x / 2.x's VAE config (84 M parameters, 8x downsampling).
+SD_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": [128, 256, 512, 512],
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+
+def make_sd15_size(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Write a Stable Diffusion 1.5-*sized* pipeline with random weights; return ``path``.
+
+    Real SD 1.5 shapes (860 M UNet, 84 M VAE, a 12-layer 768-wide CLIP text encoder; only the
+    tokenizer is the tiny in-memory one, so the embedding table is smaller): the same FLOPs and
+    memory as the real model, for GPU benchmarks and checks where no weights can be
+    downloaded. About 4.3 GB on disk; takes tens of seconds to build.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = Path(path)
+    with _BUILD_LOCK:
+        tokenizer = _tiny_clip_tokenizer()
+        with _seeded(seed):
+            unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        with _seeded(seed + 1):
+            vae = AutoencoderKL(**SD_VAE_CONFIG)
+        with _seeded(seed + 2):
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    hidden_size=768,
+                    intermediate_size=3072,
+                    projection_dim=768,
+                    num_hidden_layers=12,
+                    num_attention_heads=12,
+                    hidden_act="quick_gelu",
                     vocab_size=len(tokenizer),
                     max_position_embeddings=_SD_MAX_LENGTH,
                 )

@@ -13,7 +13,6 @@ id, skill, prompt, engine, model, round, questions) and ``prompts/stats.json``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,18 +26,13 @@ from selma_ray.config import PromptsConfig
 from selma_ray.prompts.dedup import filter_near_duplicates
 from selma_ray.prompts.engines.base import GenerationRequest, PromptEngine, as_completion
 from selma_ray.prompts.fewshot import build_request, parse_response, sample_examples
+from selma_ray.seeds import derive_seed
 from selma_ray.skills import Skill
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
 
 STAGE_DIR = "prompts"
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any parts (stable across processes and Python versions)."""
-    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
 
 
 @dataclass

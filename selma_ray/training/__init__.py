@@ -20,6 +20,7 @@ _EXPORTS = {
     "preprocess": "data",
     "split_holdout": "data",
     "write_synthetic_skill": "data",
+    "CacheEncoder": "cache",
     "Components": "cache",
     "EncodedInputs": "cache",
     "encode_pairs": "cache",
@@ -38,6 +39,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CacheEncoder",
     "Components",
     "EncodedInputs",
     "ExpertCheckpoint",

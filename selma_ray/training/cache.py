@@ -20,6 +20,10 @@ of batch composition, and for Stable Diffusion's VAEs the posterior std is small
 diffusion noise. They are scaled like diffusers' pipelines: ``(mean - shift_factor) *
 scaling_factor`` (``shift_factor`` only where the VAE config has one).
 
+:class:`CacheEncoder` builds the caches of many skills up front (stage 3 maps it over the
+skills on a Ray Data actor pool, on the GPUs, before the experts train); a training worker that
+finds no current cache builds its own with the same function.
+
 Random crops (``center_crop=False``) are drawn once per image from ``(seed, file_name)`` and are
 part of the cache key. :class:`OnTheFlyInputs` is the same data without a cache (encodes every
 batch); it produces the same batches, and is what ``train.cache_inputs=false`` uses.
@@ -39,6 +43,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
 from selma_ray.training.data import (
     CropInfo,
@@ -59,10 +64,12 @@ __all__ = [
     "CACHE_FORMAT",
     "CACHE_KEY_FILE",
     "Batch",
+    "CacheEncoder",
     "CacheInfo",
     "Components",
     "EncodedInputs",
     "OnTheFlyInputs",
+    "cache_is_current",
     "cache_key",
     "encode_images",
     "encode_pairs",
@@ -87,7 +94,7 @@ class Components:
     """The parts of a Stable Diffusion (XL) pipeline that training uses."""
 
     kind: str  # "sd" or "sdxl"
-    unet: nn.Module
+    unet: nn.Module | None  # None when loaded with ``unet=False`` (encoding only)
     vae: nn.Module
     text_encoder: nn.Module
     tokenizer: Any
@@ -132,18 +139,22 @@ def load_components(
     *,
     device: str | torch.device = "cpu",
     unet_dtype: torch.dtype = torch.float32,
+    unet: bool = True,
 ) -> Components:
     """Load the frozen UNet, VAE, text encoder(s), tokenizer(s) and a training scheduler.
 
     The VAE and text encoders stay float32 (they only encode, under ``no_grad``, unless the
-    text encoders get LoRA); ``unet_dtype`` is the UNet's base weight dtype.
+    text encoders get LoRA); ``unet_dtype`` is the UNet's base weight dtype. ``unet=False``
+    skips the UNet (``Components.unet`` is None): enough to encode inputs.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     kind = model_kind(model_path)
-    unet = UNet2DConditionModel.from_pretrained(
-        model_path, subfolder="unet", torch_dtype=unet_dtype
+    unet_model = (
+        UNet2DConditionModel.from_pretrained(model_path, subfolder="unet", torch_dtype=unet_dtype)
+        if unet
+        else None
     )
     vae = AutoencoderKL.from_pretrained(model_path, subfolder="vae")
     text_encoder = CLIPTextModel.from_pretrained(model_path, subfolder="text_encoder")
@@ -155,14 +166,14 @@ def load_components(
             model_path, subfolder="text_encoder_2"
         )
         tokenizer_2 = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer_2")
-    for module in (unet, vae, text_encoder, text_encoder_2):
+    for module in (unet_model, vae, text_encoder, text_encoder_2):
         if module is not None:
             module.requires_grad_(False)
             module.eval()
             module.to(device)
     return Components(
         kind=kind,
-        unet=unet,
+        unet=unet_model,
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -603,8 +614,8 @@ def load_or_build_cache(
                 if stored == key and inputs.keys == [p.file_name for p in pairs]:
                     info = CacheInfo(store.uri, False, time.perf_counter() - start, key)
                     return inputs, info
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or half-written by an older version: rebuild
+        except (OSError, ValueError, KeyError, SafetensorError):
+            pass  # unreadable, truncated or written by an older version: rebuild
     if comps is None:
         comps = components()  # type: ignore[operator]
     inputs = encode_pairs(
@@ -620,3 +631,126 @@ def load_or_build_cache(
         store.write_bytes(inputs.to_safetensors(key), CACHE_FILE)
         store.write_json(key, CACHE_KEY_FILE)
     return inputs, CacheInfo(store.uri, True, time.perf_counter() - start, key)
+
+
+def cache_is_current(cache_dir: str, key: dict[str, Any]) -> bool:
+    """Whether ``cache_dir`` holds a complete cache built for ``key``.
+
+    Reads ``cache.json`` and only the safetensors header (not the tensors), so checking a
+    finished skill costs a few kilobytes of I/O.
+    """
+    from selma_ray.storage import RunDir
+
+    store = RunDir(cache_dir)
+    try:
+        if not (store.exists(CACHE_KEY_FILE) and store.exists(CACHE_FILE)):
+            return False
+        if store.read_json(CACHE_KEY_FILE) != key:
+            return False
+        with store.fs.open(store.path(CACHE_FILE), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        meta = header.get("__metadata__", {})
+        return json.loads(meta.get(_KEY_META, "{}")) == key
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+#: Columns :class:`CacheEncoder` returns, one row per skill.
+ENCODE_COLUMNS: tuple[str, ...] = ("skill", "built", "seconds", "pairs", "skipped", "error")
+
+
+class CacheEncoder:
+    """Stage 3's encoding pass: build each skill's input cache before its expert trains.
+
+    A callable class in the Ray Data style (the distributed layer maps it over one row per skill
+    on an actor pool, on the GPUs when training uses them; it runs just as well on its own). The
+    frozen VAE and text encoder(s) are loaded once per instance, on first need, without the
+    UNet. For each skill it reads the imagefolder (:func:`~selma_ray.training.data.load_pairs`),
+    skips the skill when :func:`cache_is_current`, else encodes and writes
+    ``<run_dir>/cache/<skill>/``, which the expert's training workers then read instead of
+    encoding. The cache key is the one training computes, so a cache built here is always
+    reused there.
+
+    A skill whose data is unusable (e.g. no usable image) is not fatal here: its row carries
+    the error, and training that skill raises it, naming the skill.
+
+    Args (picklable primitives, as Ray Data ships them to each actor):
+        train: ``TrainConfig.model_dump()`` (resolution, crop, flip).
+        base_model: the model the experts adapt, as configured (``tiny:sd``, a hub id, a path).
+        run_dir_uri: the run directory (images in, caches out).
+        model_cache_dir: where ``tiny:`` models are built (None = default cache).
+        seed: the run seed (random crops derive from it).
+        device: torch device (None = cuda if available, else cpu).
+        batch_size: images per VAE call (each is encoded with its flip when random_flip is on).
+    """
+
+    def __init__(
+        self,
+        train: dict[str, Any],
+        base_model: str,
+        run_dir_uri: str,
+        model_cache_dir: str | None = None,
+        seed: int = 0,
+        device: str | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        from selma_ray.storage import RunDir
+
+        self.train = dict(train)
+        self.base_model = base_model
+        self.run_dir = RunDir(run_dir_uri)
+        self.model_cache_dir = model_cache_dir
+        self.seed = seed
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+        self._components: Components | None = None
+
+    @property
+    def components(self) -> Components:
+        if self._components is None:
+            from selma_ray.models import resolve_model
+
+            path = resolve_model(self.base_model, self.model_cache_dir)
+            self._components = load_components(path, device=self.device, unet=False)
+        return self._components
+
+    def encode_skill(self, skill: str) -> dict[str, Any]:
+        """Build (or confirm) one skill's cache; returns its :data:`ENCODE_COLUMNS` row."""
+        from selma_ray.training.data import load_pairs
+
+        start = time.perf_counter()
+        row: dict[str, Any] = dict.fromkeys(ENCODE_COLUMNS)
+        row.update(skill=skill, built=False, pairs=0, skipped=0, error="")
+        try:
+            pairs, skipped = load_pairs(self.run_dir, skill)
+        except ValueError as e:
+            row.update(error=str(e), seconds=time.perf_counter() - start)
+            return row
+        row.update(pairs=len(pairs), skipped=sum(skipped.values()))
+        t = self.train
+        options = {
+            "resolution": int(t["resolution"]),
+            "center_crop": bool(t["center_crop"]),
+            "random_flip": bool(t["random_flip"]),
+            "seed": self.seed,
+        }
+        uri = self.run_dir.url("cache", skill)
+        if not cache_is_current(uri, cache_key(pairs, model=self.base_model, **options)):
+            _, info = load_or_build_cache(
+                uri,
+                pairs,
+                lambda: self.components,
+                model=self.base_model,
+                batch_size=self.batch_size,
+                **options,
+            )
+            row["built"] = info.built
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        rows = [self.encode_skill(str(skill)) for skill in batch["skill"]]
+        return {c: np.array([r[c] for r in rows]) for c in ENCODE_COLUMNS}

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from selma_ray.seeds import subseed
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -53,12 +55,6 @@ __all__ = [
 METADATA_FILE = "metadata.jsonl"
 #: Concurrent image reads on remote filesystems (object stores are latency-bound).
 _FETCH_THREADS = 16
-
-
-def subseed(seed: int, *parts: object) -> int:
-    """A 63-bit seed derived from ``seed`` and labels; the same inputs give the same seed."""
-    blob = json.dumps([seed, *[str(p) for p in parts]], separators=(",", ":")).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

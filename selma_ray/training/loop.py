@@ -341,17 +341,22 @@ class _Trainer:
         self.te_lora = cfg.text_encoder_lora
 
         # inputs: encode once (cache) or every batch
-        for m in (self.comps.vae, *self.comps.text_encoders):
-            m.to(device)
+        def encoders_on_device() -> Components:
+            for m in (self.comps.vae, *self.comps.text_encoders):
+                m.to(device)
+            return self.comps
+
         t0 = time.perf_counter()
         self.cache_info: dict[str, Any] = {"enabled": cfg.cache_inputs}
         self.inputs: EncodedInputs | OnTheFlyInputs
         if cfg.cache_inputs:
             uri = cache_dir or run_dir.url("cache", skill)
+            # usually built already by the stage's encoding pass; the encoders only move to
+            # the device when this worker must build it
             inputs, info = load_or_build_cache(
                 uri,
                 self.pairs,
-                self.comps,
+                encoders_on_device,
                 model=base_model,
                 resolution=cfg.resolution,
                 center_crop=cfg.center_crop,
@@ -369,7 +374,7 @@ class _Trainer:
                     m.to("cpu")
         else:
             self.inputs = OnTheFlyInputs(
-                self.comps,
+                encoders_on_device(),
                 self.pairs,
                 resolution=cfg.resolution,
                 center_crop=cfg.center_crop,

@@ -76,3 +76,25 @@ def test_memory_run_dir_needs_a_storage_path():
 
     with pytest.raises(ValueError, match="train.storage_path"):
         train_storage_path(_cfg(), RunDir("memory://x/run"))
+
+
+def test_stage_encodes_the_caches_on_ray_data_before_training(ray_cluster, tiny_models, run_dir):
+    from selma_ray.training.stage import run_experts_stage
+
+    # a third skill whose images were never drawn: reported by the encoding pass, then its
+    # expert fails naming it, while the other two experts finish
+    cfg = _cfg(
+        "train.max_steps=1", "train.cache_actors=2", "prompts.skills=[coco, whoops, countbench]"
+    )
+    with pytest.raises(RuntimeError, match="countbench"):
+        run_experts_stage(cfg, run_dir)
+    summary = run_dir.read_json("cache", "encode.json")
+    assert set(summary) == {"coco", "whoops", "countbench"}
+    for skill in ("coco", "whoops"):
+        assert summary[skill]["built"] is True and summary[skill]["error"] == ""
+        assert summary[skill]["pairs"] == 4
+        assert run_dir.exists("cache", skill, "inputs.safetensors")
+        meta = run_dir.read_json("experts", skill, "expert.json")
+        assert meta["cache"]["built"] is False  # the trainer read the Ray Data-built cache
+    assert "'countbench'" in summary["countbench"]["error"]
+    assert not run_dir.exists("experts", "countbench")

@@ -20,7 +20,7 @@ from selma_ray.images.generate import (
     result_rows,
     rows_to_batch,
 )
-from selma_ray.prompts.stage import derive_seed
+from selma_ray.seeds import derive_seed
 from selma_ray.storage import RunDir
 
 PROMPTS = [

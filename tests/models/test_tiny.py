@@ -409,3 +409,19 @@ def test_vllm_cpu_loads_tiny_llm(tiny_dirs: dict[str, str], tmp_path: Path) -> N
         f"vLLM CPU: import {result['import_s']:.1f}s, engine {result['engine_s']:.1f}s, "
         f"generate 2x32 tokens {result['generate_s']:.2f}s"
     )
+
+
+def test_sd15_size_configs_have_stable_diffusion_15_shapes() -> None:
+    """``tiny:sd15-size`` is SD 1.5's architecture: the published parameter counts (built on
+    the meta device, so no memory or time is spent on 940 M random weights)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from selma_ray.models.tiny import SD15_UNET_CONFIG, SD_VAE_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        vae = AutoencoderKL(**SD_VAE_CONFIG)
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert "sd15-size" in registry.TINY_KINDS
