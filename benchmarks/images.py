@@ -18,6 +18,7 @@ Ray) is reported apart from the steady-state rate, which leaves out each worker'
 (warm-up). ``ray.init`` is timed on its own line.
 
     python benchmarks/images.py                      # tiny:sd, 16 images, 4 steps, 64 px
+    python benchmarks/images.py --n 32 --repeats 3   # median of 3 alternating runs
     python benchmarks/images.py --model stabilityai/stable-diffusion-2 --n 64 --steps 30 \\
         --resolution 512 --gpus-per-actor 0.5
     python benchmarks/images.py --model tiny:sd15-size --n 16 --steps 30 --resolution 512 \
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="where tiny models are built")
     p.add_argument("--core", action="store_true", help="add the in-process ImageGenerator")
     p.add_argument("--no-ray", action="store_true", help="leave out the Ray Data columns")
+    p.add_argument("--repeats", type=int, default=1, help="runs of every column (median)")
     return p.parse_args(argv)
 
 
@@ -205,10 +208,14 @@ def core_generator(
 def table(columns: dict[str, dict[str, Any]], ray_init_s: float | None) -> str:
     base = columns["bare"]["steady_ips"]
     lines: list[tuple[str, list[str]]] = [
-        ("workers that drew", [str(c["workers"]) for c in columns.values()]),
+        ("workers that drew", [str(int(c["workers"])) for c in columns.values()]),
         ("start-up (s)", [f"{c['startup_s']:.1f}" for c in columns.values()]),
         ("steady images/s", [f"{c['steady_ips']:.2f}" for c in columns.values()]),
         ("steady vs bare", [f"{c['steady_ips'] / base:.2f}x" for c in columns.values()]),
+        (
+            "steady images/s per run",
+            [" ".join(f"{v:.2f}" for v in c["steady_runs"]) for c in columns.values()],
+        ),
         ("wall incl. start-up (s)", [f"{c['wall_s']:.1f}" for c in columns.values()]),
         ("end-to-end images/s", [f"{c['e2e_ips']:.2f}" for c in columns.values()]),
     ]
@@ -233,35 +240,58 @@ def table(columns: dict[str, dict[str, Any]], ray_init_s: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = plan(args)
-    columns: dict[str, dict[str, Any]] = {}
+    runs: list[dict[str, dict[str, Any]]] = []
+    ray_init_s = None
     with tempfile.TemporaryDirectory(prefix="selma-bench-images-") as tmp:
-        columns["bare"] = bare_loop(args, rows, os.path.join(tmp, "bare"))
-        print(f"bare loop done: {columns['bare']['steady_ips']:.2f} images/s", file=sys.stderr)
-        if args.core:
-            for exact in (True, False):
-                name = "core exact" if exact else "core batched"
-                columns[name] = core_generator(args, rows, os.path.join(tmp, name), exact)
-                print(f"{name} done", file=sys.stderr)
-        ray_init_s = None
         if not args.no_ray:
-            ray_init_s = run_ray_columns(args, rows, tmp, columns)
+            ray_init_s = start_ray(args)
+        try:
+            # the columns take turns, run after run, so a slow spell of the machine hits all
+            for r in range(args.repeats):
+                columns: dict[str, dict[str, Any]] = {}
+                columns["bare"] = bare_loop(args, rows, os.path.join(tmp, f"bare-{r}"))
+                if args.core:
+                    for exact in (True, False):
+                        name = "core exact" if exact else "core batched"
+                        out = os.path.join(tmp, f"{name.replace(' ', '-')}-{r}")
+                        columns[name] = core_generator(args, rows, out, exact)
+                if not args.no_ray:
+                    for n in args.actors:
+                        out = os.path.join(tmp, f"ray{n}-{r}")
+                        columns[f"ray x{n}"] = ray_pool(args, rows, out, n)
+                runs.append(columns)
+                steady = ", ".join(f"{k} {c['steady_ips']:.2f}" for k, c in columns.items())
+                print(f"run {r + 1}/{args.repeats}: steady images/s {steady}", file=sys.stderr)
+        finally:
+            if not args.no_ray:
+                import ray
+
+                ray.shutdown()
     mode = "batched" if args.batched else "exact per image"
     print(
         f"\nmodel {args.model}, {args.n} images, {args.steps} steps, {args.resolution} px, "
         f"batch {args.batch_size}, {args.threads} torch thread(s) per worker, Ray columns "
-        f"{mode}, {os.cpu_count()} CPUs"
+        f"{mode}, {os.cpu_count()} CPUs, median of {args.repeats} run(s)"
     )
-    print(table(columns, ray_init_s))
+    print(table(median_columns(runs), ray_init_s))
     return 0
 
 
-def run_ray_columns(
-    args: argparse.Namespace,
-    rows: list[dict[str, Any]],
-    tmp: str,
-    columns: dict[str, dict[str, Any]],
-) -> float:
-    """Start a local Ray, run one column per pool size; returns ray.init's time."""
+def median_columns(runs: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per column, the median of each number over the runs (and the steady rate of each run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, first in runs[0].items():
+        col: dict[str, Any] = {}
+        for key, value in first.items():
+            values = [run[name][key] for run in runs]
+            col[key] = statistics.median(values) if isinstance(value, (int, float)) else value
+        col["steady_runs"] = [run[name]["steady_ips"] for run in runs]
+        out[name] = col
+    return out
+
+
+def start_ray(args: argparse.Namespace) -> float:
+    """Start a local Ray for the Ray columns; returns ray.init's time."""
     import ray
 
     t0 = time.perf_counter()
@@ -269,16 +299,8 @@ def run_ray_columns(
     if args.num_cpus:
         kwargs["num_cpus"] = args.num_cpus
     ray.init(**kwargs)
-    ray_init_s = time.perf_counter() - t0
     ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        for n in args.actors:
-            out = os.path.join(tmp, f"ray{n}")
-            columns[f"ray x{n}"] = ray_pool(args, rows, out, n)
-            print(f"ray x{n} done", file=sys.stderr)
-    finally:
-        ray.shutdown()
-    return ray_init_s
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
