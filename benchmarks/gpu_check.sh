@@ -51,4 +51,6 @@ check train_step 240 python3 benchmarks/train_step.py --model "$MODEL" --resolut
   --rank "$RANK" $GC
 check images 240 python3 benchmarks/images.py --model "$MODEL" --n "$N" --steps "$STEPS" \
   --resolution "$RES" --batch-size 8 --core --no-ray
+check batch_invariance 200 python3 benchmarks/batch_invariance.py --model "$MODEL" \
+  --resolution "$RES" --steps 20 --n 8 --batch-size 4
 check unet_compile 240 python3 benchmarks/gpu_unet.py $UNET --compile --json

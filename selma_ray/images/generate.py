@@ -6,10 +6,19 @@ Data style (load the pipeline once in ``__init__``, map a batch of rows in ``__c
 draws each row not yet on storage, encodes it and writes it atomically to
 ``<out_uri>/<skill>/<file_name>``.
 
-Determinism: with ``exact_per_image`` (the default) every image is denoised in its own pipeline
-call from its own ``torch.Generator``, so its bytes do not depend on batch size, actor count,
-retries or resumes (batched UNet calls differ from single ones by ~1e-6, which can flip a uint8
-rounding). Bytes are still specific to the device type, dtype and library versions.
+Determinism: every image has its own ``torch.Generator`` seeded from its row. With
+``exact_per_image`` (the default) every image is denoised in its own pipeline call, so its bytes
+do not depend on batch size, actor count, retries or resumes (a batch of another size takes
+other kernels, whose results differ by ~1e-6, which can flip a uint8 rounding). With
+``exact_per_image: false`` the images are drawn ``batch_size`` at a time, and a short batch
+(the tail, a retry, a resume) is padded to ``batch_size`` with copies of its first row, so every
+UNet call has the same shape: an image's bytes then depend on its prompt, seed and
+``images.batch_size`` only, not on which rows shared its batch or where it sat, as long as the
+UNet and VAE compute each sample independently of the others. That holds on the CPU (CLIP's text
+encoder does not, so prompts are encoded one at a time); it does not hold for fp16 on an H200,
+where only 1 to 11 of 16 images came out byte-identical when regrouped
+(``benchmarks/batch_invariance.py``): on GPUs only exact mode is byte-reproducible across batch
+plans. Bytes are always specific to the device type, dtype and library versions.
 """
 
 from __future__ import annotations
@@ -232,6 +241,7 @@ class ImageGenerator:
         self.model_name = str(cfg["model"])
         self.image_format = str(cfg.get("image_format", "png"))
         self.exact = bool(cfg.get("exact_per_image", True))
+        self.batch_size = max(1, int(cfg.get("batch_size", 1)))
         self.pipe = load_pipeline(self.cfg, cache_dir=cache_dir, device=self.device)
         self.load_seconds = time.perf_counter() - t0
         self.init_finished_at = time.time()
@@ -247,11 +257,9 @@ class ImageGenerator:
         import torch
 
         cfg = self.cfg
-        negative = cfg.get("negative_prompt") or None
         with torch.inference_mode():
             out = self.pipe(
-                prompt=list(prompts),
-                negative_prompt=[negative] * len(prompts) if negative else None,
+                **self._prompt_inputs(prompts),
                 generator=[self._generator(s) for s in seeds],
                 num_inference_steps=int(cfg["steps"]),
                 guidance_scale=float(cfg["guidance_scale"]),
@@ -260,6 +268,61 @@ class ImageGenerator:
                 output_type="np",
             )
         return to_uint8(np.asarray(out.images))
+
+    def _prompt_inputs(self, prompts: Sequence[str]) -> dict[str, Any]:
+        """The pipeline's text inputs. For Stable Diffusion (XL) pipelines each prompt is encoded
+        on its own and the embeddings are passed in: CLIP's text encoder gives a prompt
+        slightly different states (~1e-7) at different positions of a batch, which would make
+        an image depend on where it sat. Other pipelines get the prompt strings."""
+        import torch
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        cfg = self.cfg
+        negative = cfg.get("negative_prompt") or None
+        pipe = self.pipe
+        cfg_on = float(cfg["guidance_scale"]) > 1.0
+        if isinstance(pipe, StableDiffusionXLPipeline):
+            names = (
+                "prompt_embeds",
+                "negative_prompt_embeds",
+                "pooled_prompt_embeds",
+                "negative_pooled_prompt_embeds",
+            )
+            parts = [
+                pipe.encode_prompt(
+                    prompt=p,
+                    device=pipe._execution_device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=cfg_on,
+                    negative_prompt=negative,
+                )
+                for p in prompts
+            ]
+        elif isinstance(pipe, StableDiffusionPipeline):
+            names = ("prompt_embeds", "negative_prompt_embeds")
+            parts = [
+                pipe.encode_prompt(p, pipe._execution_device, 1, cfg_on, negative) for p in prompts
+            ]
+        else:
+            return {
+                "prompt": list(prompts),
+                "negative_prompt": [negative] * len(prompts) if negative else None,
+            }
+        return {
+            name: None if tensors[0] is None else torch.cat(tensors)
+            for name, tensors in zip(names, zip(*parts, strict=True), strict=True)
+        }
+
+    def draw_fixed(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+        """Like :meth:`draw`, in calls of exactly ``batch_size`` images (short ones padded with
+        copies of their first row, whose images are dropped): every call has the same shape."""
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            p = list(prompts[start : start + self.batch_size])
+            s = list(seeds[start : start + self.batch_size])
+            pad = self.batch_size - len(p)
+            out.append(self.draw(p + [p[0]] * pad, s + [s[0]] * pad)[: len(p)])
+        return np.concatenate(out)
 
     def _write(self, skill: str, file_name: str, pixels: np.ndarray) -> None:
         self.out.write_bytes(encode_image(pixels, self.image_format), skill, file_name)
@@ -284,7 +347,9 @@ class ImageGenerator:
                 written[i] = True
         elif todo:
             t = time.time()
-            images = self.draw([rows[i]["prompt"] for i in todo], [rows[i]["seed"] for i in todo])
+            images = self.draw_fixed(
+                [rows[i]["prompt"] for i in todo], [rows[i]["seed"] for i in todo]
+            )
             for i, pixels in zip(todo, images, strict=True):
                 self._write(rows[i]["skill"], rows[i]["file_name"], pixels)
                 started[i], finished[i], written[i] = t, time.time(), True

@@ -136,15 +136,42 @@ def test_writer_skips_existing_and_writes_decodable_png(generator):
     assert image.format == "PNG" and image.size == (64, 64) and image.mode == "RGB"
 
 
-def test_batched_mode_writes_every_row(generator):
-    rows = plan_rows(PROMPTS, 1, run_seed=0)
-    generator.exact = False
-    try:
-        out = _run(generator, rows, "memory://batched/images", 4)
-    finally:
-        generator.exact = True
-    assert [r["written"] for r in out] == [True] * 4
-    assert len(set(_files(RunDir("memory://batched/images"), rows).values())) == 4
+def test_batched_mode_is_byte_identical_whatever_shares_the_batch(generator, monkeypatch):
+    """Batched mode pads every UNet call to images.batch_size, so an image's bytes do not
+    depend on which rows shared its batch, where it sat, or how many were left to draw."""
+    rows = plan_rows(PROMPTS, 2, run_seed=0)  # 8 images
+    monkeypatch.setattr(generator, "exact", False)
+    monkeypatch.setattr(generator, "batch_size", 4)
+    calls = []
+    draw = generator.draw
+    monkeypatch.setattr(
+        generator, "draw", lambda p, s: calls.append(len(p)) or draw(p, s), raising=True
+    )
+    runs = {}
+    for name, order, ray_batch in (
+        ("in-order", rows, 4),
+        ("uneven", rows, 3),  # 3 + 3 + 2 rows, each call padded to 4
+        ("reversed", rows[::-1], 5),  # other neighbours and positions
+    ):
+        uri = f"memory://batched-{name}/images"
+        out = _run(generator, order, uri, ray_batch)
+        assert all(r["written"] for r in out) and len(out) == 8
+        runs[name] = _files(RunDir(uri), rows)
+    assert set(calls) == {4}  # every pipeline call had the same shape
+    assert runs["in-order"] == runs["uneven"] == runs["reversed"]
+    assert len(set(runs["in-order"].values())) == 8
+    # a resume that finds half the images drawn redraws the rest byte for byte
+    uri = "memory://batched-resume/images"
+    rd = RunDir(uri)
+    for r in rows[::2]:
+        rd.write_bytes(
+            RunDir("memory://batched-in-order/images").read_bytes(r["skill"], r["file_name"]),
+            r["skill"],
+            r["file_name"],
+        )
+    out = _run(generator, rows, uri, 8)
+    assert [r["written"] for r in out] == [False, True] * 4
+    assert _files(rd, rows) == runs["in-order"]
 
 
 def test_encode_image_png_is_lossless_and_jpeg_works():
