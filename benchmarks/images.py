@@ -118,21 +118,30 @@ def bare_loop(args: argparse.Namespace, rows: list[dict[str, Any]], out: str) ->
     }
 
 
-def ray_pool(
-    args: argparse.Namespace, rows: list[dict[str, Any]], out: str, actors: int
-) -> dict[str, Any]:
+def images_config(args: argparse.Namespace, **extra: Any) -> Any:
+    """The stage's ImagesConfig for the benchmark's model, steps, resolution and batch size."""
     from selma_ray.config import ImagesConfig
-    from selma_ray.distributed.images import generate_images
 
-    cfg = ImagesConfig(
+    return ImagesConfig(
         model=args.model,
         steps=args.steps,
         resolution=args.resolution,
         batch_size=args.batch_size,
+        dtype="auto",
+        **extra,
+    )
+
+
+def ray_pool(
+    args: argparse.Namespace, rows: list[dict[str, Any]], out: str, actors: int
+) -> dict[str, Any]:
+    from selma_ray.distributed.images import generate_images
+
+    cfg = images_config(
+        args,
         min_actors=1,
         max_actors=actors,
         gpus_per_actor=args.gpus_per_actor,
-        dtype="auto",
         exact_per_image=not args.batched,
     )
     t0 = time.time()
@@ -170,17 +179,9 @@ def core_generator(
     """The stage's ImageGenerator in this process (no Ray): batches of ``--batch-size`` rows."""
     import numpy as np
 
-    from selma_ray.config import ImagesConfig
     from selma_ray.images.generate import ImageGenerator
 
-    cfg = ImagesConfig(
-        model=args.model,
-        steps=args.steps,
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        dtype="auto",
-        exact_per_image=exact,
-    )
+    cfg = images_config(args, exact_per_image=exact)
     t0 = time.time()
     gen = ImageGenerator(cfg.model_dump(mode="json"), out, args.cache_dir, num_threads=args.threads)
     ready = time.time() - t0

@@ -9,8 +9,7 @@ Names are re-exported lazily, so an image actor that imports the core does not i
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from selma_ray._lazy import lazy_exports
 
 _EXPORTS = {
     "ImageGenerator": "generate",
@@ -22,13 +21,4 @@ _EXPORTS = {
 __all__ = ["ImageGenerator", "image_seed", "plan_rows", "run_images_stage"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -145,84 +145,36 @@ def _tiny_clip_tokenizer() -> CLIPTokenizer:
             )
 
 
-def make_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> str:
-    """Write a tiny random Stable Diffusion pipeline to ``path``; return ``path`` as a str.
-
-    Loads with ``StableDiffusionPipeline.from_pretrained(path)`` (or ``DiffusionPipeline``);
-    the default image size is 64x64 (32x32 latents, VAE scale factor 2).
-    """
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    out = Path(path)
-    with _BUILD_LOCK:
-        tokenizer = _tiny_clip_tokenizer()
-        with _seeded(seed):
-            unet = UNet2DConditionModel(
-                block_out_channels=(32, 64),
-                layers_per_block=2,
-                sample_size=32,
-                in_channels=4,
-                out_channels=4,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=32,
-                norm_num_groups=2,
-            )
-        with _seeded(seed + 1):
-            vae = AutoencoderKL(
-                block_out_channels=[4, 8],
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-                latent_channels=4,
-                norm_num_groups=2,
-                sample_size=64,
-            )
-        with _seeded(seed + 2):
-            text_encoder = CLIPTextModel(
-                CLIPTextConfig(
-                    bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    hidden_size=32,
-                    intermediate_size=37,
-                    projection_dim=32,
-                    num_hidden_layers=2,
-                    num_attention_heads=4,
-                    layer_norm_eps=1e-5,
-                    vocab_size=len(tokenizer),
-                    max_position_embeddings=_SD_MAX_LENGTH,
-                )
-            )
-        scheduler = DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        )
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.save_pretrained(str(out), safe_serialization=True)
-    _write_clip_vocab_files(out / "tokenizer")
-    return str(out)
-
+#: The tiny Stable Diffusion pipeline's UNet, VAE and CLIP text-encoder sizes.
+TINY_SD_UNET_CONFIG: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+    "norm_num_groups": 2,
+}
+TINY_SD_VAE_CONFIG: dict[str, Any] = {
+    "block_out_channels": [4, 8],
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "latent_channels": 4,
+    "norm_num_groups": 2,
+    "sample_size": 64,
+}
+TINY_SD_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "projection_dim": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "layer_norm_eps": 1e-5,
+}
 
 #: Stable Diffusion 1.5's UNet config (860 M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -269,14 +221,28 @@ SD_VAE_CONFIG: dict[str, Any] = {
     "scaling_factor": 0.18215,
 }
 
+#: Stable Diffusion 1.x's text encoder (CLIP ViT-L/14's text tower) sizes.
+SD15_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "projection_dim": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "hidden_act": "quick_gelu",
+}
 
-def make_sd15_size(path: str | os.PathLike[str], seed: int = 0) -> str:
-    """Write a Stable Diffusion 1.5-*sized* pipeline with random weights; return ``path``.
 
-    Real SD 1.5 shapes (860 M UNet, 84 M VAE, a 12-layer 768-wide CLIP text encoder; only the
-    tokenizer is the tiny in-memory one, so the embedding table is smaller): the same FLOPs and
-    memory as the real model, for GPU benchmarks and checks where no weights can be
-    downloaded. About 4.3 GB on disk; takes tens of seconds to build.
+def _write_sd_pipeline(
+    path: str | os.PathLike[str],
+    seed: int,
+    unet_config: dict[str, Any],
+    vae_config: dict[str, Any],
+    text_config: dict[str, Any],
+) -> str:
+    """A random Stable Diffusion pipeline of the given sizes, saved with ``save_pretrained``.
+
+    Seeds: UNet ``seed``, VAE ``seed + 1``, text encoder ``seed + 2``; the tokenizer is the
+    in-memory CLIP-style one, the scheduler SD's DDIM settings.
     """
     from diffusers import (
         AutoencoderKL,
@@ -290,23 +256,18 @@ def make_sd15_size(path: str | os.PathLike[str], seed: int = 0) -> str:
     with _BUILD_LOCK:
         tokenizer = _tiny_clip_tokenizer()
         with _seeded(seed):
-            unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+            unet = UNet2DConditionModel(**unet_config)
         with _seeded(seed + 1):
-            vae = AutoencoderKL(**SD_VAE_CONFIG)
+            vae = AutoencoderKL(**vae_config)
         with _seeded(seed + 2):
             text_encoder = CLIPTextModel(
                 CLIPTextConfig(
                     bos_token_id=tokenizer.bos_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
-                    hidden_size=768,
-                    intermediate_size=3072,
-                    projection_dim=768,
-                    num_hidden_layers=12,
-                    num_attention_heads=12,
-                    hidden_act="quick_gelu",
                     vocab_size=len(tokenizer),
                     max_position_embeddings=_SD_MAX_LENGTH,
+                    **text_config,
                 )
             )
         scheduler = DDIMScheduler(
@@ -330,6 +291,28 @@ def make_sd15_size(path: str | os.PathLike[str], seed: int = 0) -> str:
         pipe.save_pretrained(str(out), safe_serialization=True)
     _write_clip_vocab_files(out / "tokenizer")
     return str(out)
+
+
+def make_tiny_sd(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Write a tiny random Stable Diffusion pipeline to ``path``; return ``path`` as a str.
+
+    Loads with ``StableDiffusionPipeline.from_pretrained(path)`` (or ``DiffusionPipeline``);
+    the default image size is 64x64 (32x32 latents, VAE scale factor 2).
+    """
+    return _write_sd_pipeline(
+        path, seed, TINY_SD_UNET_CONFIG, TINY_SD_VAE_CONFIG, TINY_SD_TEXT_CONFIG
+    )
+
+
+def make_sd15_size(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Write a Stable Diffusion 1.5-*sized* pipeline with random weights; return ``path``.
+
+    Real SD 1.5 shapes (860 M UNet, 84 M VAE, a 12-layer 768-wide CLIP text encoder; only the
+    tokenizer is the tiny in-memory one, so the embedding table is smaller): the same FLOPs and
+    memory as the real model, for GPU benchmarks and checks where no weights can be
+    downloaded. About 4 GB on disk; takes tens of seconds to build.
+    """
+    return _write_sd_pipeline(path, seed, SD15_UNET_CONFIG, SD_VAE_CONFIG, SD15_TEXT_CONFIG)
 
 
 # ------------------------------------------------------------------------------------ chat LLM

@@ -11,8 +11,7 @@ Names are re-exported lazily so that importing this package does not import torc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from selma_ray._lazy import lazy_exports
 
 _EXPORTS = {
     "Pair": "data",
@@ -63,13 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
