@@ -407,22 +407,19 @@ def merge_loras_with_report(
         total_rank = sum(fa.shape[0] for fa, _ in factors)
         target = svd_rank if svd_rank is not None else total_rank
         err = 0.0
-        if method == "linear":
+        if method in ("linear", "svd"):
+            # exact: the stacked factors, weights and scales on the B side
             new_a = torch.cat([fa for fa, _ in factors], dim=0)
             new_b = torch.cat(
                 [wi * si * fb for wi, si, (_, fb) in zip(w, scales, factors, strict=True)], dim=1
             )
+            if method == "svd":
+                new_a, new_b, err = _lowrank_svd(new_a, new_b, target)
         elif method == "cat":
             new_a = torch.cat(
                 [fa * wi * si for wi, si, (fa, _) in zip(w, scales, factors, strict=True)], dim=0
             )
             new_b = torch.cat([fb for _, fb in factors], dim=1)
-        elif method == "svd":
-            cat_a = torch.cat([fa for fa, _ in factors], dim=0)
-            cat_b = torch.cat(
-                [wi * si * fb for wi, si, (_, fb) in zip(w, scales, factors, strict=True)], dim=1
-            )
-            new_a, new_b, err = _lowrank_svd(cat_a, cat_b, target)
         else:
             deltas = [si * (fb @ fa) for si, (fa, fb) in zip(scales, factors, strict=True)]
             wt = torch.tensor(w, dtype=torch.float32, device=deltas[0].device)

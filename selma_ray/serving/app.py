@@ -52,7 +52,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from selma_ray.config import ConfigError, ServeConfig, load_config
+from selma_ray.config import ConfigError, SelmaConfig, ServeConfig
 from selma_ray.serving.api import (
     APIError,
     Defaults,
@@ -66,7 +66,7 @@ from selma_ray.serving.api import (
     resolve_variant,
     token_digest,
 )
-from selma_ray.serving.model import ImageModel, ModelSpec, discover_variants
+from selma_ray.serving.model import ImageModel, ModelSpec, discover_variants, load_run_config
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,8 @@ def _is_loopback(host: str) -> bool:
 
 def _prepare(
     args: Mapping[str, Any] | ServeArgs | None,
-) -> tuple[ServeArgs, ServeConfig, ModelSpec]:
+) -> tuple[ServeArgs, ServeConfig, ModelSpec, SelmaConfig]:
+    """Validated arguments, the effective serve config, the variants and the run's config."""
     a = ServeArgs.parse(args)
     rd = RunDir(a.run_dir)
     if isinstance(rd.fs, MemoryFileSystem):
@@ -391,18 +392,12 @@ def _prepare(
             "read: give a local path shared with the replicas or a cloud URI"
         )
         raise ConfigError(msg)
-    if not rd.exists("config.yaml"):
-        msg = (
-            f"run_dir: {rd.url('config.yaml')} does not exist; give run_dir=<a run directory "
-            "written by `selma-ray run`> (config.yaml, experts/, merged/)"
-        )
-        raise ConfigError(msg)
-    cfg = load_config(rd.url("config.yaml"))
     try:
+        cfg = load_run_config(rd)
         spec = discover_variants(rd, cfg)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"run_dir: {e}") from e
-    return a, a.serve_config(cfg.serve), spec
+    return a, a.serve_config(cfg.serve), spec, cfg
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -411,7 +406,8 @@ def build_app(args: dict[str, Any]) -> Application:
     ``args`` is validated as :class:`ServeArgs` (a mapping or a ``ServeArgs``); unknown or
     invalid arguments raise :class:`~selma_ray.config.ConfigError` naming them.
     """
-    return _build(*_prepare(args))
+    a, cfg, spec, _ = _prepare(args)
+    return _build(a, cfg, spec)
 
 
 def _build(a: ServeArgs, cfg: ServeConfig, spec: ModelSpec) -> Application:
@@ -464,10 +460,9 @@ def serve_run_dir(
         args["host"] = host
     if port is not None:
         args["port"] = port
-    a, cfg, spec = _prepare(args)
+    a, cfg, spec, run_cfg = _prepare(args)
     app = _build(a, cfg, spec)
     if not ray.is_initialized():
-        run_cfg = load_config(RunDir(a.run_dir).url("config.yaml"))
         ray_address = address or os.environ.get("RAY_ADDRESS") or run_cfg.ray.address
         ray.init(address=ray_address, num_cpus=None if ray_address else run_cfg.ray.num_cpus)
     serve.start(

@@ -148,6 +148,19 @@ def _check_base(rd: RunDir, folder: str, meta_file: str, base_model: str) -> Non
         raise ValueError(msg)
 
 
+def load_run_config(run_dir: RunDir) -> SelmaConfig:
+    """The resolved config a run saved (``config.yaml``); FileNotFoundError says what to give."""
+    from selma_ray.config import load_config
+
+    if not run_dir.exists("config.yaml"):
+        msg = (
+            f"{run_dir.url('config.yaml')} does not exist: give run_dir=<a run directory written "
+            "by `selma-ray run`> (it holds config.yaml, experts/ and merged/)"
+        )
+        raise FileNotFoundError(msg)
+    return load_config(run_dir.url("config.yaml"))
+
+
 def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> ModelSpec:
     """The variants of a finished run directory: base, merged (if any), one per expert.
 
@@ -155,17 +168,9 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
     finished) are skipped with a warning; pickle-only folders, invalid names and adapters
     recorded for another base model raise :class:`ValueError` naming the path.
     """
-    from selma_ray.config import load_config
-
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if cfg is None:
-        if not rd.exists("config.yaml"):
-            msg = (
-                f"{rd.url('config.yaml')} does not exist: give run_dir=<a run directory written "
-                "by `selma-ray run`> (it holds config.yaml, experts/ and merged/)"
-            )
-            raise FileNotFoundError(msg)
-        cfg = load_config(rd.url("config.yaml"))
+        cfg = load_run_config(rd)
     base_model = _base_model(cfg)
     adapters: dict[str, str] = {}
     kinds: dict[str, str] = {BASE: "base"}

@@ -449,9 +449,9 @@ class _Trainer:
         te, te2 = self.lora_models
         load_lora_state(self.comps.unet, state, te, te2)
 
-    def resume_from(self, ckpt: ExpertCheckpoint) -> None:
-        st = ckpt.state
-        checks = {
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must have been made for to be resumed by this run."""
+        return {
             "skill": self.skill,
             "seed": self.seed,
             "files_hash": self.files_hash,
@@ -459,6 +459,10 @@ class _Trainer:
             "alpha": self.cfg.alpha,
             "text_encoder_lora": self.te_lora,
         }
+
+    def resume_from(self, ckpt: ExpertCheckpoint) -> None:
+        st = ckpt.state
+        checks = self.identity()
         diffs = [f"{k}: {st.get(k)!r} -> {v!r}" for k, v in checks.items() if st.get(k) != v]
         if diffs:
             msg = (
@@ -495,12 +499,7 @@ class _Trainer:
     def checkpoint(self) -> ExpertCheckpoint:
         lora = self.lora()
         state = {
-            "skill": self.skill,
-            "seed": self.seed,
-            "files_hash": self.files_hash,
-            "rank": self.cfg.rank,
-            "alpha": self.cfg.alpha,
-            "text_encoder_lora": self.te_lora,
+            **self.identity(),
             "base_model": self.base_model,
             "train_curve": self.train_curve,
             "val_curve": self.val_curve,
