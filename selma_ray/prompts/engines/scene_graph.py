@@ -820,18 +820,30 @@ def _list(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _coco_room(g: _Gen) -> str:
+def _room_scene(
+    g: _Gen,
+    *,
+    adj_p: float,
+    count: Callable[[_Gen], int],
+    keep: Callable[[V.Noun], bool],
+    entity: Callable[[_Gen, V.Noun], int],
+    view_words: Sequence[str],
+    featuring: Sequence[str] = (),
+) -> str:
+    """A place holding a few things (``count`` of them, each made by ``entity``), in one of
+    the room frames; ``featuring`` adds the "<place> featuring <things>" frame. Shared by the
+    COCO and CountBench renderers; the random draws come in the same order for both."""
     place = g.place()
-    pi = g.add_place(place, adj_p=0.7)
-    k = 2 + (1 if g.p(0.5, 2) else 0)
+    pi = g.add_place(place, adj_p=adj_p)
+    k = count(g)
     used: list[str] = []
     items = []
     for _ in range(k):
-        t = _pick_thing(g, place, lambda t: not t.has("scenery"), exclude=used)
+        t = _pick_thing(g, place, keep, exclude=used)
         if t is None:
             break
         used.append(t.name)
-        ti = g.number(t, 0.35)
+        ti = entity(g, t)
         g.attrs_for_level(ti, 1)
         g.rel(ti, pi, "spatial", place.prep)
         items.append(_indef(g.e(ti)))
@@ -846,11 +858,24 @@ def _coco_room(g: _Gen) -> str:
     frames = [
         f"{a_place} with {L}",
         f"{_at(ep)} {there} {L}",
-        f"{g.pick(('View of', 'A view of', 'Photo of', 'Inside of'))} {a_place} with {L}",
+        f"{g.pick(view_words)} {a_place} with {L}",
         f"{L} {_at(ep)}",
-        f"{a_place} {g.pick(('featuring', 'that has', 'filled with'))} {L}",
     ]
+    if featuring:
+        frames.append(f"{a_place} {g.pick(featuring)} {L}")
     return g.pick(frames)
+
+
+def _coco_room(g: _Gen) -> str:
+    return _room_scene(
+        g,
+        adj_p=0.7,
+        count=lambda g: 2 + (1 if g.p(0.5, 2) else 0),
+        keep=lambda t: not t.has("scenery"),
+        entity=lambda g, t: g.number(t, 0.35),
+        view_words=("View of", "A view of", "Photo of", "Inside of"),
+        featuring=("featuring", "that has", "filled with"),
+    )
 
 
 def _coco(g: _Gen) -> str:
@@ -961,35 +986,14 @@ def _countbench_holding(g: _Gen) -> str:
 
 
 def _countbench_room(g: _Gen) -> str:
-    place = g.place()
-    pi = g.add_place(place, adj_p=0.6)
-    k = 1 + (1 if g.p(0.6, 1) else 0) + (1 if g.p(0.3, 2) else 0)
-    used: list[str] = []
-    items = []
-    for _ in range(k):
-        t = _pick_thing(g, place, lambda t: t.plural != t.name, exclude=used)
-        if t is None:
-            break
-        used.append(t.name)
-        ti = g.counted(t)
-        g.attrs_for_level(ti, 1)
-        g.rel(ti, pi, "spatial", place.prep)
-        items.append(_indef(g.e(ti)))
-    L = _list(items)
-    ep = g.e(pi)
-    core = _core(ep)
-    a_place = f"{_a(core)} {core}" if place.article else core
-    if not items:
-        return f"{a_place}"
-    first = g.e(pi + 1)
-    there = "there are" if first.plural or len(items) > 1 else "there is"
-    frames = [
-        f"{a_place} with {L}",
-        f"{_at(ep)} {there} {L}",
-        f"{g.pick(('View of', 'A photo of', 'Picture of'))} {a_place} with {L}",
-        f"{L} {_at(ep)}",
-    ]
-    return g.pick(frames)
+    return _room_scene(
+        g,
+        adj_p=0.6,
+        count=lambda g: 1 + (1 if g.p(0.6, 1) else 0) + (1 if g.p(0.3, 2) else 0),
+        keep=lambda t: t.plural != t.name,
+        entity=lambda g, t: g.counted(t),
+        view_words=("View of", "A photo of", "Picture of"),
+    )
 
 
 def _countbench(g: _Gen) -> str:
