@@ -722,32 +722,68 @@ def _coco_agent(g: _Gen, kinds: Sequence[str]) -> str:
 _LEFT_OK = ("on", "in", "under", "next to", "beside", "inside", "on top of", "near", "by")
 
 
-def _coco_objects(g: _Gen) -> str:
+@dataclass
+class _OnHolder:
+    """Small things related to a holder (a table, a shelf...): the phrases a frame needs."""
+
+    A: str  # the thing(s), with their article or count: "two red apples and a cup"
+    B: str  # the holder: "a wooden table"
+    words: str  # the relation as written: "on top of"
+    key: str  # the relation key: "on", "in", ...
+    plural: bool  # whether A is plural
+    P: str  # the place phrase ("" when left out)
+
+
+def _objects_on_holder(
+    g: _Gen,
+    *,
+    fallback: str,
+    entity: Callable[[_Gen, V.Noun], int],
+    third_p: float,
+    third: Callable[[_Gen, V.Noun], int],
+    place_p: float,
+) -> _OnHolder:
+    """The scene of the COCO and CountBench "objects" renderers: a small thing (``fallback``
+    when none fits) related to a holder, a second small thing with probability ``third_p``,
+    and a place phrase with probability ``place_p``. ``entity`` / ``third`` add the things
+    (``g.number`` or ``g.counted``); the random draws come in the same order for both."""
     place = g.place(indoor=g.r.random() < 0.7)
     b = _pick_thing(g, place, _holder) or V.thing("table")
     a = _pick_thing(g, place, lambda t: _small(t) and V.SIZE_RANK[t.size] < V.SIZE_RANK[b.size])
-    a = a or V.thing("cup")
-    ai = g.number(a, 0.3)
+    a = a or V.thing(fallback)
+    ai = entity(g, a)
     g.attrs_for_level(ai, 2)
     bi = g.add(b)
     g.attrs_for_level(bi, 1)
     key = g.pick(_relation_options(a, b))
     words = _relate(g, ai, bi, key)
     A, B = _indef(g.e(ai)), _indef(g.e(bi))
-    ea = g.e(ai)
-    subj_plural = ea.plural
-    if g.p(0.3, 1):
+    plural = g.e(ai).plural
+    if g.p(third_p, 1):
         c = _pick_thing(
             g, place, lambda t: _small(t) and V.SIZE_RANK[t.size] < V.SIZE_RANK[b.size],
             exclude=(a.name,),
         )  # fmt: skip
         if c is not None:
-            ci = g.number(c, 0.2)
+            ci = third(g, c)
             g.attrs_for_level(ci, 1)
             g.rel(ci, bi, "spatial", key, _REL_ASKED.get(key, key))
             A = f"{A} and {_indef(g.e(ci))}"
-            subj_plural = True
-    P = _place_phrase(g, bi, place, 0.5)
+            plural = True
+    P = _place_phrase(g, bi, place, place_p)
+    return _OnHolder(A=A, B=B, words=words, key=key, plural=plural, P=P)
+
+
+def _coco_objects(g: _Gen) -> str:
+    o = _objects_on_holder(
+        g,
+        fallback="cup",
+        entity=lambda g, t: g.number(t, 0.3),
+        third_p=0.3,
+        third=lambda g, t: g.number(t, 0.2),
+        place_p=0.5,
+    )
+    A, B, words, key, subj_plural, P = o.A, o.B, o.words, o.key, o.plural, o.P
     be = "are" if subj_plural else "is"
     there = "There are" if subj_plural else "There is"
     frames = [
@@ -901,30 +937,15 @@ _COUNT_PREFIXES = (
 
 
 def _countbench_objects(g: _Gen) -> str:
-    place = g.place(indoor=g.r.random() < 0.7)
-    b = _pick_thing(g, place, _holder) or V.thing("table")
-    a = _pick_thing(g, place, lambda t: _small(t) and V.SIZE_RANK[t.size] < V.SIZE_RANK[b.size])
-    a = a or V.thing("apple")
-    ai = g.counted(a)
-    g.attrs_for_level(ai, 2)
-    bi = g.add(b)
-    g.attrs_for_level(bi, 1)
-    key = g.pick(_relation_options(a, b))
-    words = _relate(g, ai, bi, key)
-    A, B = _indef(g.e(ai)), _indef(g.e(bi))
-    plural = g.e(ai).plural
-    if g.p(0.35, 1):
-        c = _pick_thing(
-            g, place, lambda t: _small(t) and V.SIZE_RANK[t.size] < V.SIZE_RANK[b.size],
-            exclude=(a.name,),
-        )  # fmt: skip
-        if c is not None:
-            ci = g.counted(c)
-            g.attrs_for_level(ci, 1)
-            g.rel(ci, bi, "spatial", key, _REL_ASKED.get(key, key))
-            A = f"{A} and {_indef(g.e(ci))}"
-            plural = True
-    P = _place_phrase(g, bi, place, 0.4)
+    o = _objects_on_holder(
+        g,
+        fallback="apple",
+        entity=lambda g, t: g.counted(t),
+        third_p=0.35,
+        third=lambda g, t: g.counted(t),
+        place_p=0.4,
+    )
+    A, B, words, key, plural, P = o.A, o.B, o.words, o.key, o.plural, o.P
     there = "There are" if plural else "There is"
     frames = [
         f"{A} {words} {B} {P}",
