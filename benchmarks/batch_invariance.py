@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model,
         steps=args.steps,
         resolution=args.resolution,
-        batch_size=args.batch_size,
+        rows_per_task=args.batch_size,
+        images_per_call=args.batch_size,
         dtype=args.dtype,
         exact_per_image=False,
     )
-    gen = ImageGenerator(cfg.model_dump(mode="json"), "memory://unused")
+    gen = ImageGenerator(cfg, "memory://unused")
     prompts = [
         {"id": f"p{i:04d}", "skill": "check", "prompt": PROMPTS[i % len(PROMPTS)] + f" #{i}"}
         for i in range(args.n)

@@ -6,7 +6,7 @@
 
 1. VQA: ``--questions`` rows (image, question) over a handful of 32x32 PNGs are answered by
    :class:`selma_ray.evaluation.vqa.VQAScorer` once in a plain loop over batches (model loaded
-   once, in this process) and once through ``map_rows_with_actors`` (Ray Data actor pool of
+   once, in this process) and once through ``RayExecutor.map_rows`` (Ray Data actor pool of
    ``--actors``; includes actor start + model load, as the stage pays it). Prints both times
    and the ratio Ray / loop.
 2. Merge: ``--experts`` random LoRA experts on the tiny UNet (``add_lora`` + ``save_lora``, the
@@ -30,7 +30,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties")
+from selma_ray.merging.methods import METHODS  # noqa: E402
 
 
 def _rows(root: Path, n: int) -> list[dict[str, Any]]:
@@ -51,9 +51,10 @@ def _rows(root: Path, n: int) -> list[dict[str, Any]]:
 def bench_vqa(args: argparse.Namespace, root: Path) -> dict[str, float]:
     import ray
 
-    from selma_ray.distributed.data import map_rows_with_actors
+    from selma_ray.config import ActorPool
+    from selma_ray.distributed import RayExecutor
     from selma_ray.evaluation.vqa import VQAScorer
-    from selma_ray.images.generate import rows_to_batch
+    from selma_ray.execution import rows_to_batch
 
     rows = _rows(root, args.questions)
     t0 = time.perf_counter()
@@ -67,26 +68,15 @@ def bench_vqa(args: argparse.Namespace, root: Path) -> dict[str, float]:
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, args.actors), include_dashboard=False, configure_logging=False)
     t0 = time.perf_counter()
-    out = map_rows_with_actors(
-        rows,
-        VQAScorer,
-        fn_constructor_kwargs={"model_ref": args.vqa_model, "num_threads": args.threads},
-        min_actors=args.actors,
-        max_actors=args.actors,
-        batch_size=args.batch_size,
-    )
+    pool = ActorPool(min_size=args.actors, max_size=args.actors)
+    kwargs = {"model_ref": args.vqa_model, "num_threads": args.threads}
+    ray_map = RayExecutor().map_rows
+    out = ray_map(rows, VQAScorer, fn_kwargs=kwargs, pool=pool, rows_per_task=args.batch_size)
     ray_s = time.perf_counter() - t0
     assert n == len(out) == len(rows)
     # a second Ray pass: Ray Data's fixed overhead (actor start + model load) vs throughput
     t0 = time.perf_counter()
-    map_rows_with_actors(
-        rows * 4,
-        VQAScorer,
-        fn_constructor_kwargs={"model_ref": args.vqa_model, "num_threads": args.threads},
-        min_actors=args.actors,
-        max_actors=args.actors,
-        batch_size=args.batch_size,
-    )
+    ray_map(rows * 4, VQAScorer, fn_kwargs=kwargs, pool=pool, rows_per_task=args.batch_size)
     ray4_s = time.perf_counter() - t0
     return {
         "questions": len(rows),

@@ -58,6 +58,7 @@ def main() -> None:
     import torch
 
     from selma_ray.distributed.train import train_experts
+    from selma_ray.training.stage import expert_jobs
 
     skills = SKILLS[: args.k]
     work = Path(tempfile.mkdtemp(prefix="selma-bench-experts-"))
@@ -96,13 +97,13 @@ def main() -> None:
         ray.init(num_cpus=args.k, include_dashboard=False, configure_logging=False)
         rd = fresh_run_dir("alone")
         t0 = time.perf_counter()
-        alone = train_experts(cfg, skills[:1], rd.uri, rd.url("train"))
+        alone = train_experts(expert_jobs(cfg, rd, skills[:1]))
         alone_s = time.perf_counter() - t0
         ray_step = float(alone[skills[0]].metrics.get("step_time_s", float("nan")))
 
         rd = fresh_run_dir("together")
         t0 = time.perf_counter()
-        train_experts(cfg, skills, rd.uri, rd.url("train"))
+        train_experts(expert_jobs(cfg, rd, skills))
         together_s = time.perf_counter() - t0
         ray.shutdown()
     finally:

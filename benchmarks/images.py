@@ -4,7 +4,7 @@ Same model, prompts, seeds, step count, resolution and threads per worker everyw
 column draws ``--n`` images and writes them as PNG files:
 
 - ``bare``: one process, ``DiffusionPipeline`` + a Python loop (one image per call);
-- ``ray xN``: ``selma_ray.distributed.images.generate_images`` on a pool of N actors;
+- ``ray xN``: the stage's ``selma_ray.images.stage.draw_rows`` on a Ray pool of N actors;
 - ``core exact`` / ``core batched`` (``--core``): the stage's own
   :class:`~selma_ray.images.generate.ImageGenerator` called in this process, no Ray, with one
   image per UNet call (the default, byte-reproducible) or ``--batch-size`` images per call.
@@ -126,7 +126,8 @@ def images_config(args: argparse.Namespace, **extra: Any) -> Any:
         model=args.model,
         steps=args.steps,
         resolution=args.resolution,
-        batch_size=args.batch_size,
+        rows_per_task=args.batch_size,
+        images_per_call=args.batch_size,
         dtype="auto",
         **extra,
     )
@@ -135,22 +136,23 @@ def images_config(args: argparse.Namespace, **extra: Any) -> Any:
 def ray_pool(
     args: argparse.Namespace, rows: list[dict[str, Any]], out: str, actors: int
 ) -> dict[str, Any]:
-    from selma_ray.distributed.images import generate_images
+    from selma_ray.config import ActorPool
+    from selma_ray.distributed import RayExecutor
+    from selma_ray.images.stage import draw_rows
 
     cfg = images_config(
         args,
-        min_actors=1,
-        max_actors=actors,
-        gpus_per_actor=args.gpus_per_actor,
+        pool=ActorPool(min_size=1, max_size=actors, gpus=args.gpus_per_actor),
         exact_per_image=not args.batched,
     )
     t0 = time.time()
-    res = generate_images(
+    res = draw_rows(
         rows,
         cfg,
         out,
-        args.cache_dir,
-        num_threads=args.threads if not args.gpus_per_actor else None,
+        RayExecutor(),
+        cache_dir=args.cache_dir,
+        generator_kwargs={"num_threads": args.threads if not args.gpus_per_actor else None},
     )
     wall = time.time() - t0
     by_worker: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -183,7 +185,7 @@ def core_generator(
 
     cfg = images_config(args, exact_per_image=exact)
     t0 = time.time()
-    gen = ImageGenerator(cfg.model_dump(mode="json"), out, args.cache_dir, num_threads=args.threads)
+    gen = ImageGenerator(cfg, out, args.cache_dir, num_threads=args.threads)
     ready = time.time() - t0
     finished: list[float] = []
     for i in range(0, len(rows), args.batch_size):

@@ -1,7 +1,7 @@
 """Benchmark: time of each LoRA merge method over random experts shaped like a real UNet.
 
     python benchmarks/merge.py [--arch tiny|sd15|sdxl] [--experts 3] [--rank 4] [--svd-rank R]
-                               [--methods linear,cat,svd,ties,dare_linear,dare_ties]
+                               [--methods linear,cat,ties,dare_linear,dare_ties,svd]
                                [--repeat 3] [--device cpu|cuda] [--threads N] [--seed 0]
 
 The UNet of ``--arch`` is built on PyTorch's ``meta`` device (no memory, no download: ``tiny``
@@ -27,6 +27,8 @@ try:
     import selma_ray  # noqa: F401
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from selma_ray.merging.methods import METHODS  # noqa: E402
 
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experts", type=int, default=3)
     p.add_argument("--rank", type=int, default=4, help="rank of every expert (paper: 128)")
     p.add_argument("--svd-rank", type=int, default=None, help="default: sum of expert ranks")
-    p.add_argument("--methods", default="linear,cat,svd,ties,dare_linear,dare_ties")
+    p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--density", type=float, default=0.5)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="cpu")

@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=64, help="image width = height")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (direct + replica)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--replicas", type=int, default=1, help="model replicas for Serve")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per model replica")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model replica")
+    p.add_argument("--replicas", type=int, default=1, help="model replicas (serve.pool size)")
+    p.add_argument("--num-cpus", type=float, default=1.0, help="serve.pool.cpus per replica")
+    p.add_argument("--num-gpus", type=float, default=0.0, help="serve.pool.gpus per replica")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray (default all)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     p.add_argument("--skip-direct", action="store_true")
@@ -163,7 +163,7 @@ def bench_serve(args: argparse.Namespace, run_dir: str, spec: Any) -> dict[str, 
     import ray
     from ray import serve
 
-    from selma_ray.serving.app import build_app
+    from selma_ray.distributed.serve import build_app
 
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
@@ -175,16 +175,20 @@ def bench_serve(args: argparse.Namespace, run_dir: str, spec: Any) -> dict[str, 
     app = build_app(
         {
             "run_dir": run_dir,
-            "auth_token_env": "",
-            "min_replicas": args.replicas,
-            "max_replicas": args.replicas,
-            "max_ongoing_requests": max(2, top),
-            "max_queued_requests": 4 * top,
-            "max_size": max(args.size, 64),
-            "max_steps": max(args.steps, 1),
+            "serve": {
+                "auth_token_env": "",
+                "pool": {
+                    "min_size": args.replicas,
+                    "max_size": args.replicas,
+                    "cpus": args.num_cpus,
+                    "gpus": args.num_gpus,
+                },
+                "max_ongoing_requests": max(2, top),
+                "max_queued_requests": 4 * top,
+                "max_size": max(args.size, 64),
+                "max_steps": max(args.steps, 1),
+            },
             "torch_threads": args.threads,
-            "num_cpus": args.num_cpus,
-            "num_gpus": args.num_gpus,
             "device": args.device,
         }
     )

@@ -13,7 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from selma_ray import layout
 from selma_ray.config import PRESETS, ConfigError, SelmaConfig, load_config
+from selma_ray.merging.methods import METHODS
 from selma_ray.storage import RunDir
 
 EXIT_USAGE = 2
@@ -81,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="stage 4 alone: merge the skill experts into one LoRA")
     _add_config_args(merge)
     _add_run_args(merge)
-    merge.add_argument(
-        "--method", choices=["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"]
-    )
+    merge.add_argument("--method", choices=list(METHODS))
     merge.add_argument(
         "--weights", help="comma-separated, one per skill in prompts.skills order (default 1/N)"
     )
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="build_app argument, e.g. max_replicas=2, num_gpus=1, auth_token_env=SELMA_TOKEN",
+        help="build_app argument, e.g. serve.pool.max_size=2, serve.pool.gpus=1, "
+        "serve.auth_token_env=SELMA_TOKEN, torch_threads=4",
     )
 
     report = sub.add_parser("report", help="rebuild eval/report.html from a run's eval results")
@@ -164,13 +165,14 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
         print(f"  {name}: {state} in {summary.seconds[name]:.1f} s")
     for note in summary.notes:
         print(f"  note: {note}")
-    print(f"manifest: {summary.run_dir}/manifest.json")
-    if RunDir(summary.run_dir).exists("eval", "report.html"):
-        print(f"report: {RunDir(summary.run_dir).url('eval', 'report.html')}")
-    if RunDir(summary.run_dir).exists("merged", "pytorch_lora_weights.safetensors"):
+    rd = RunDir(summary.run_dir)
+    print(f"manifest: {rd.url(*layout.manifest())}")
+    if rd.exists(*layout.eval_report_html()):
+        print(f"report: {rd.url(*layout.eval_report_html())}")
+    if rd.exists(*layout.merged_lora()):
         print(f"serve it: selma-ray serve --run-dir {summary.run_dir}")
     if getattr(args, "serve", False):
-        from selma_ray.serving import serve_run_dir
+        from selma_ray.distributed.serve import serve_run_dir
 
         serve_run_dir(summary.run_dir, address=args.address, blocking=True)
     return 0
@@ -218,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_table(report))
             return 0
         if args.command == "serve":
-            from selma_ray.serving import serve_run_dir
+            from selma_ray.distributed.serve import serve_run_dir
 
             extra = {}
             for kv in args.serve_args:

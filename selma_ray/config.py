@@ -23,6 +23,7 @@ import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from selma_ray.merging.methods import METHODS
 from selma_ray.skills import BUILTIN_SKILLS, DEFAULT_SKILLS, Skill, resolve_skill
 
 PRESETS: tuple[str, ...] = ("tiny", "sd15", "sd2", "sdxl")
@@ -39,6 +40,62 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ActorPool(Section):
+    """One shape for every pool of actors: LLM engines, image actors, cache encoders, eval
+    scorers and Serve replicas. Sizes autoscale between ``min_size`` and ``max_size``."""
+
+    min_size: int = Field(1, ge=0, description="Actors (replicas) kept at least.")
+    max_size: int = Field(1, ge=1, description="Actors (replicas) the pool may grow to.")
+    gpus: float = Field(0.0, ge=0, description="GPUs reserved per actor (0 = CPU only).")
+    cpus: float | None = Field(
+        None, ge=0, description="CPUs reserved per actor; None = the stage's default (1)."
+    )
+    max_restarts: int = Field(
+        -1, ge=-1, description="Restarts of an actor whose process died (-1 = unlimited)."
+    )
+    max_task_retries: int = Field(
+        3, ge=-1, description="Retries of a task whose actor died (-1 = unlimited)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ActorPool:
+        if self.min_size > self.max_size:
+            msg = f"min_size ({self.min_size}) must be <= max_size ({self.max_size})"
+            raise ValueError(msg)
+        return self
+
+
+def _pool(**defaults: Any) -> Any:
+    """A pool field (runtime: never part of a stage's fingerprint)."""
+    return Field(
+        default_factory=lambda: ActorPool(**defaults),
+        description="The actor pool (sizes, GPUs, CPUs, restarts, retries).",
+        json_schema_extra=RUNTIME,
+    )
+
+
+#: Keys that were renamed: old dotted path -> what to use instead (exit 2 names it).
+RENAMED_KEYS: dict[str, str] = {
+    "prompts.vllm.min_engines": "prompts.vllm.pool.min_size",
+    "prompts.vllm.max_engines": "prompts.vllm.pool.max_size",
+    "prompts.vllm.gpus_per_engine": "prompts.vllm.pool.gpus",
+    "prompts.vllm.batch_size": "prompts.vllm.rows_per_task",
+    "images.min_actors": "images.pool.min_size",
+    "images.max_actors": "images.pool.max_size",
+    "images.gpus_per_actor": "images.pool.gpus",
+    "images.max_task_retries": "images.pool.max_task_retries",
+    "images.batch_size": (
+        "images.rows_per_task (rows per Ray task) and images.images_per_call (images per "
+        "pipeline call when exact_per_image is false)"
+    ),
+    "train.cache_actors": "train.cache_pool.max_size",
+    "train.cache_gpus_per_actor": "train.cache_pool.gpus",
+    "eval.batch_size": "eval.rows_per_task",
+    "serve.min_replicas": "serve.pool.min_size",
+    "serve.max_replicas": "serve.pool.max_size",
+}
+
+
 # --------------------------------------------------------------------------- stage 1: prompts
 
 
@@ -46,20 +103,9 @@ class VllmEngineConfig(Section):
     """vLLM engines mapped over requests by Ray Data (one engine per actor)."""
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is sharded over.")
-    gpus_per_engine: float = Field(
-        0.0,
-        ge=0,
-        description="GPUs reserved per engine actor (0 on CPU; >= tensor_parallel_size).",
-        json_schema_extra=RUNTIME,
-    )
-    min_engines: int = Field(
-        1, ge=1, description="Autoscaling pool lower bound.", json_schema_extra=RUNTIME
-    )
-    max_engines: int = Field(
-        1, ge=1, description="Autoscaling pool upper bound.", json_schema_extra=RUNTIME
-    )
-    batch_size: int = Field(
-        64, ge=1, description="Requests per engine call.", json_schema_extra=RUNTIME
+    pool: ActorPool = _pool()
+    rows_per_task: int = Field(
+        64, ge=1, description="Requests per engine call (one Ray task).", json_schema_extra=RUNTIME
     )
     max_model_len: int = Field(4096, ge=64, description="vLLM max_model_len.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -76,13 +122,10 @@ class VllmEngineConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _pool_bounds(self) -> VllmEngineConfig:
-        if self.min_engines > self.max_engines:
-            msg = f"min_engines ({self.min_engines}) must be <= max_engines ({self.max_engines})"
-            raise ValueError(msg)
-        if self.gpus_per_engine and self.gpus_per_engine < self.tensor_parallel_size:
+    def _gpus_fit_tensor_parallel(self) -> VllmEngineConfig:
+        if self.pool.gpus and self.pool.gpus < self.tensor_parallel_size:
             msg = (
-                f"gpus_per_engine ({self.gpus_per_engine}) must be >= tensor_parallel_size "
+                f"pool.gpus ({self.pool.gpus}) must be >= tensor_parallel_size "
                 f"({self.tensor_parallel_size}), or 0 to run on CPU"
             )
             raise ValueError(msg)
@@ -184,30 +227,32 @@ class ImagesConfig(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
     attention: Literal["sdpa", "default"] = Field("sdpa", json_schema_extra=RUNTIME)
     compile: bool = Field(False, description="torch.compile the UNet.", json_schema_extra=RUNTIME)
-    batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)
-    min_actors: int = Field(1, ge=1, json_schema_extra=RUNTIME)
-    max_actors: int = Field(1, ge=1, json_schema_extra=RUNTIME)
-    gpus_per_actor: float = Field(0.0, ge=0, json_schema_extra=RUNTIME)
+    pool: ActorPool = _pool()
+    rows_per_task: int = Field(
+        8,
+        ge=1,
+        description="Most image rows one Ray task (one actor call) takes.",
+        json_schema_extra=RUNTIME,
+    )
+    images_per_call: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Images denoised together in one pipeline call when exact_per_image is false "
+            "(each call padded to this size); unused in exact mode."
+        ),
+    )
     image_format: Literal["png", "jpeg"] = "png"
     exact_per_image: bool = Field(
         True,
         description=(
             "Denoise each image in its own UNet call, so its bytes depend on nothing but its "
-            "prompt and seed; False draws batch_size images per call, padding short batches "
-            "to that size: 3-4x faster on a GPU, byte-identical across batch plans on the CPU "
-            "but not on GPUs (where kernels depend on a sample's position in the batch)."
+            "prompt and seed; False draws images_per_call images per call, padding short batches "
+            "to that size: several times faster on a GPU (see the README), byte-identical "
+            "across batch plans on the CPU but not on GPUs (where kernels depend on a sample's "
+            "position in the batch)."
         ),
     )
-    max_task_retries: int = Field(
-        3, ge=0, description="Retries of a batch whose actor died.", json_schema_extra=RUNTIME
-    )
-
-    @model_validator(mode="after")
-    def _pool_bounds(self) -> ImagesConfig:
-        if self.min_actors > self.max_actors:
-            msg = f"min_actors ({self.min_actors}) must be <= max_actors ({self.max_actors})"
-            raise ValueError(msg)
-        return self
 
 
 # --------------------------------------------------------------------------- stage 3: experts
@@ -234,19 +279,12 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = Field(False, json_schema_extra=RUNTIME)
     cache_inputs: bool = Field(True, description="Encode latents / text once, train from cache.")
-    cache_actors: int = Field(
-        1,
-        ge=1,
+    cache_pool: ActorPool = Field(
+        default_factory=ActorPool,
         description=(
             "Actors that encode the skills' input caches before training (Ray Data, one skill "
-            "per task; capped at the number of skills)."
+            "per task; at most one actor per skill). pool.gpus defaults to 1 with use_gpu."
         ),
-        json_schema_extra=RUNTIME,
-    )
-    cache_gpus_per_actor: float | None = Field(
-        None,
-        ge=0,
-        description="GPUs per cache-encoding actor; None = 1 with use_gpu, else 0.",
         json_schema_extra=RUNTIME,
     )
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Held-out slice per skill.")
@@ -266,6 +304,13 @@ class TrainConfig(Section):
         json_schema_extra=RUNTIME,
     )
 
+    @model_validator(mode="after")
+    def _cache_pool_gpus(self) -> TrainConfig:
+        # an encoding actor takes a GPU when training does, unless the config says otherwise
+        if self.use_gpu and "gpus" not in self.cache_pool.model_fields_set:
+            self.cache_pool = self.cache_pool.model_copy(update={"gpus": 1.0})
+        return self
+
 
 # --------------------------------------------------------------------------- stage 4: merge
 
@@ -273,7 +318,7 @@ class TrainConfig(Section):
 class MergeConfig(Section):
     """SELMA stage 4: merge the skill experts into one multi-skill LoRA."""
 
-    method: Literal["linear", "cat", "ties", "dare_linear", "dare_ties", "svd"] = "linear"
+    method: Literal[METHODS] = "linear"
     weights: list[float] | None = Field(None, description="One per expert; None = exactly 1/N.")
     density: float = Field(0.5, gt=0, le=1, description="Kept fraction for ties / dare.")
     svd_rank: int | None = Field(
@@ -298,7 +343,10 @@ class EvalConfig(Section):
     variants: list[Literal["base", "experts", "merged"]] = Field(
         default_factory=lambda: ["base", "experts", "merged"]
     )
-    batch_size: int = Field(8, ge=1, json_schema_extra=RUNTIME)
+    pool: ActorPool = _pool()
+    rows_per_task: int = Field(
+        8, ge=1, description="Rows one scorer task takes.", json_schema_extra=RUNTIME
+    )
 
 
 # --------------------------------------------------------------------------- serving
@@ -315,8 +363,7 @@ class ServeConfig(Section):
     max_n: int = Field(4, ge=1, json_schema_extra=RUNTIME)
     max_size: int = Field(1024, ge=8, json_schema_extra=RUNTIME)
     max_steps: int = Field(100, ge=1, json_schema_extra=RUNTIME)
-    min_replicas: int = Field(1, ge=0, json_schema_extra=RUNTIME)
-    max_replicas: int = Field(1, ge=1, json_schema_extra=RUNTIME)
+    pool: ActorPool = _pool()
     target_ongoing_requests: float = Field(2.0, gt=0, json_schema_extra=RUNTIME)
     max_ongoing_requests: int = Field(4, ge=1, json_schema_extra=RUNTIME)
     max_queued_requests: int = Field(16, ge=-1, json_schema_extra=RUNTIME)
@@ -327,8 +374,17 @@ class ServeConfig(Section):
 
 
 class RayConfig(Section):
-    """Where the stages run: a local Ray started for the run, or an existing cluster."""
+    """Where the stages run: a local Ray started for the run, an existing cluster, or (for
+    debugging and machines without Ray) this process alone."""
 
+    executor: Literal["ray", "in-process"] = Field(
+        "ray",
+        description=(
+            "ray: Ray Data actor pools and Ray Train; in-process: every stage in this process, "
+            "one worker per pool, experts one after another (same results)."
+        ),
+        json_schema_extra=RUNTIME,
+    )
     address: str | None = Field(
         None,
         description="Cluster address ('auto', 'ray://host:10001'); None = RAY_ADDRESS or local.",
@@ -376,6 +432,18 @@ class SelmaConfig(Section):
         for name in sections:
             out[name] = _strip_runtime(getattr(self, name))
         return out
+
+    def variant_images(self) -> ImagesConfig:
+        """The ``images`` settings the experts' model draws with (evaluation, serving): the
+        experts' base model (``train.base_model``, else ``images.model``) at the resolution
+        they were trained at; steps, guidance and dtype as in ``images``. In weak-to-strong
+        runs (SD 2.1 draws the training images, SDXL learns) this is SDXL at 1024 px."""
+        return self.images.model_copy(
+            update={
+                "model": self.train.base_model or self.images.model,
+                "resolution": self.train.resolution,
+            }
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -495,10 +563,30 @@ def load_config(
 
 
 def validate_config(raw: dict[str, Any], source: str | None = None) -> SelmaConfig:
+    renamed = renamed_keys(raw)
+    if renamed:
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  {old}: renamed; use {new}" for old, new in renamed)
+        raise ConfigError(f"invalid configuration{where}:\n{lines}")
     try:
         return SelmaConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+
+
+def renamed_keys(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(old dotted key, what to use instead) for every renamed key present in ``raw``."""
+    found = []
+    for old, new in RENAMED_KEYS.items():
+        node: Any = raw
+        for part in old.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            found.append((old, new))
+    return found
+
+
+_MISSING = object()
 
 
 def format_validation_error(error: ValidationError, source: str | None = None) -> str:

@@ -1,8 +1,10 @@
 """The orchestrator: SELMA's stages in order, each skipped when its finished work is reusable.
 
 A stage is a name, the config sections its outputs depend on (its own and upstream ones), the
-run-directory folders it owns, whether it needs Ray, and a function ``run(ctx) -> counts``.
-Later stages plug in by appending to :data:`STAGES`. The manifest decides what to do:
+run-directory folders it owns (:data:`selma_ray.layout.STAGE_OUTPUTS`), whether it needs an
+executor, and a function ``run(ctx) -> counts``. Each stage core is handed the executor that
+maps its rows (``ray.executor``: Ray Data / Ray Train inside a Ray session, or in-process).
+The manifest decides what to do:
 
 - done, same config fingerprint: skipped (no work);
 - never run, running (killed) or incomplete, same fingerprint: run, resuming its own saved state;
@@ -20,7 +22,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from selma_ray import layout
 from selma_ray.config import ConfigError, SelmaConfig, fingerprint_hash
+from selma_ray.execution import Executor, InProcessExecutor
 from selma_ray.storage import Manifest, RunDir
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,7 @@ class ConfigChangedError(ConfigError):
 class StageContext:
     cfg: SelmaConfig
     run_dir: RunDir
+    executor: Executor = field(default_factory=InProcessExecutor)
     progress: bool = False
     notes: list[str] = field(default_factory=list)  # warnings to show at the end of the run
 
@@ -57,7 +62,12 @@ def _run_prompts(ctx: StageContext) -> StageResult:
     from selma_ray.prompts.engines import make_engine
     from selma_ray.prompts.stage import generate_prompts, shortfalls
 
-    engine = make_engine(ctx.cfg.prompts, seed=ctx.cfg.seed, cache_dir=ctx.cfg.storage.cache_dir)
+    engine = make_engine(
+        ctx.cfg.prompts,
+        seed=ctx.cfg.seed,
+        cache_dir=ctx.cfg.storage.cache_dir,
+        executor=ctx.executor,
+    )
     try:
         stats = generate_prompts(
             ctx.cfg.prompts, ctx.run_dir, engine, seed=ctx.cfg.seed, progress=ctx.progress
@@ -73,14 +83,14 @@ def _run_prompts(ctx: StageContext) -> StageResult:
 def _run_images(ctx: StageContext) -> StageResult:
     from selma_ray.images.stage import run_images_stage
 
-    counts = run_images_stage(ctx.cfg, ctx.run_dir, progress=ctx.progress)
+    counts = run_images_stage(ctx.cfg, ctx.run_dir, ctx.executor)
     return StageResult(counts=counts)
 
 
 def _run_experts(ctx: StageContext) -> StageResult:
     from selma_ray.training.stage import run_experts_stage
 
-    experts = run_experts_stage(ctx.cfg, ctx.run_dir)
+    experts = run_experts_stage(ctx.cfg, ctx.run_dir, ctx.executor)
     counts = {
         skill: {"steps": m["steps"], "selected_step": m["selected_step"]}
         for skill, m in experts.items()
@@ -89,7 +99,7 @@ def _run_experts(ctx: StageContext) -> StageResult:
 
 
 def _run_merge(ctx: StageContext) -> StageResult:
-    from selma_ray.merging_stage import run_merge_stage
+    from selma_ray.merging import run_merge_stage
 
     return StageResult(counts=run_merge_stage(ctx.cfg, ctx.run_dir))
 
@@ -97,29 +107,37 @@ def _run_merge(ctx: StageContext) -> StageResult:
 def _run_eval(ctx: StageContext) -> StageResult:
     from selma_ray.evaluation.stage import run_eval_stage
 
-    return StageResult(counts=run_eval_stage(ctx.cfg, ctx.run_dir, progress=ctx.progress))
+    return StageResult(counts=run_eval_stage(ctx.cfg, ctx.run_dir, ctx.executor))
 
 
 STAGES: list[Stage] = [
     Stage(
         name="prompts",
         sections=("prompts",),
-        outputs=("prompts",),
+        outputs=layout.STAGE_OUTPUTS["prompts"],
         run=_run_prompts,
         needs_ray=lambda cfg: cfg.prompts.engine == "vllm",
     ),
-    Stage(name="images", sections=("images",), outputs=("images",), run=_run_images),
     Stage(
-        name="experts", sections=("train",), outputs=("experts", "cache", "train"), run=_run_experts
+        name="images",
+        sections=("images",),
+        outputs=layout.STAGE_OUTPUTS["images"],
+        run=_run_images,
+    ),
+    Stage(
+        name="experts",
+        sections=("train",),
+        outputs=layout.STAGE_OUTPUTS["experts"],
+        run=_run_experts,
     ),
     Stage(
         name="merge",
         sections=("merge",),
-        outputs=("merged",),
+        outputs=layout.STAGE_OUTPUTS["merge"],
         run=_run_merge,
         needs_ray=lambda cfg: False,
     ),
-    Stage(name="eval", sections=("eval",), outputs=("eval",), run=_run_eval),
+    Stage(name="eval", sections=("eval",), outputs=layout.STAGE_OUTPUTS["eval"], run=_run_eval),
 ]
 
 
@@ -168,8 +186,13 @@ def run_pipeline(
     stages: list[str] | None = None,
     redo: list[str] | tuple[str, ...] = (),
     progress: bool = False,
+    executor: Executor | None = None,
 ) -> RunSummary:
-    """Run the selected stages (default: all) in order in ``run_dir``; see the module docstring."""
+    """Run the selected stages (default: all) in order in ``run_dir``; see the module docstring.
+
+    ``executor``: what runs the stages' rows (default: from ``ray.executor``; a Ray session is
+    then started or joined when the first stage that needs it runs).
+    """
     uri = run_dir or cfg.storage.run_dir or default_run_dir(latest_link=True)
     selected = select_stages(stages)
     if "all" in redo:
@@ -180,10 +203,9 @@ def run_pipeline(
     manifest = Manifest(rd)
     summary = RunSummary(run_dir=uri)
     plan = _plan(cfg, manifest, selected, set(redo))
-    rd.write_text(cfg.to_yaml(), "config.yaml")
+    rd.write_text(cfg.to_yaml(), *layout.config())
     ctx = StageContext(cfg=cfg, run_dir=rd, progress=progress)
     with ExitStack() as stack:
-        ray_started = False
         for stage, fingerprint, action in plan:
             if action == "skip":
                 log.info("stage %s: done with the same config, skipped", stage.name)
@@ -191,11 +213,9 @@ def run_pipeline(
                 continue
             if action == "redo":
                 _discard(rd, manifest, stage)
-            if stage.needs_ray(cfg) and not ray_started:
-                from selma_ray.distributed.runtime import ray_session
-
-                stack.enter_context(ray_session(cfg.ray))
-                ray_started = True
+            if stage.needs_ray(cfg) and executor is None:
+                executor = _start_executor(cfg, stack, progress=progress)
+            ctx.executor = executor or InProcessExecutor()
             log.info("stage %s: running", stage.name)
             manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))
             t0 = time.perf_counter()
@@ -212,6 +232,16 @@ def run_pipeline(
                 summary.incomplete.append(stage.name)
     summary.notes = ctx.notes
     return summary
+
+
+def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Executor:
+    """The executor ``ray.executor`` names; for Ray, a session held until the run ends."""
+    if cfg.ray.executor == "in-process":
+        return InProcessExecutor()
+    from selma_ray.distributed import RayExecutor, ray_session
+
+    stack.enter_context(ray_session(cfg.ray))
+    return RayExecutor(progress=progress)
 
 
 def _plan(

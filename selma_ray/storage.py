@@ -23,6 +23,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from selma_ray import layout
+
 
 class RunDir:
     """A run directory on any fsspec filesystem; paths inside it are relative, '/'-separated."""
@@ -111,8 +113,6 @@ class RunDir:
 
 # --------------------------------------------------------------------------- manifest
 
-MANIFEST = "manifest.json"
-
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Human-readable differences between two fingerprints, as 'path: old -> new'."""
@@ -141,8 +141,8 @@ class Manifest:
     def __init__(self, run_dir: RunDir) -> None:
         self.run_dir = run_dir
         self.data: dict[str, Any] = {"version": 1, "stages": {}}
-        if run_dir.exists(MANIFEST):
-            self.data = run_dir.read_json(MANIFEST)
+        if run_dir.exists(*layout.manifest()):
+            self.data = run_dir.read_json(*layout.manifest())
             self.data.setdefault("stages", {})
 
     @property
@@ -151,7 +151,7 @@ class Manifest:
 
     def save(self) -> None:
         self.data["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.run_dir.write_json(self.data, MANIFEST)
+        self.run_dir.write_json(self.data, *layout.manifest())
 
     def status(self, stage: str) -> str | None:
         return self.stages.get(stage, {}).get("status")

@@ -77,7 +77,8 @@ def test_file_preset_and_precedence(tmp_path):
         ("bogus.key=1", "bogus: unknown key"),
         ("prompts.engine=gpt", "prompts.engine: Input should be 'scene-graph'"),
         ("prompts.skills=[nope]", "unknown skill 'nope'"),
-        ("images.min_actors=3", "min_actors (3) must be <= max_actors (1)"),
+        ("images.pool.min_size=3", "images.pool: min_size (3) must be <= max_size (1)"),
+        ("train.cache_pool.gpus=-1", "train.cache_pool.gpus: Input should be greater than"),
         ("preset=sd3", "unknown preset 'sd3'"),
     ],
 )
@@ -85,6 +86,70 @@ def test_bad_values_name_the_field(override, expected):
     with pytest.raises(ConfigError) as info:
         load_config(overrides=[override])
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("prompts.vllm.min_engines=1", "prompts.vllm.pool.min_size"),
+        ("prompts.vllm.max_engines=4", "prompts.vllm.pool.max_size"),
+        ("prompts.vllm.gpus_per_engine=1", "prompts.vllm.pool.gpus"),
+        ("prompts.vllm.batch_size=8", "prompts.vllm.rows_per_task"),
+        ("images.min_actors=1", "images.pool.min_size"),
+        ("images.max_actors=8", "images.pool.max_size"),
+        ("images.gpus_per_actor=1", "images.pool.gpus"),
+        ("images.max_task_retries=2", "images.pool.max_task_retries"),
+        ("images.batch_size=8", "images.rows_per_task (rows per Ray task) and images.images_per"),
+        ("train.cache_actors=5", "train.cache_pool.max_size"),
+        ("train.cache_gpus_per_actor=1", "train.cache_pool.gpus"),
+        ("eval.batch_size=32", "eval.rows_per_task"),
+        ("serve.min_replicas=0", "serve.pool.min_size"),
+        ("serve.max_replicas=2", "serve.pool.max_size"),
+    ],
+)
+def test_renamed_key_exits_naming_the_new_one(old, new, tmp_path):
+    from selma_ray.cli import main
+
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[old])
+    key = old.split("=")[0]
+    assert f"{key}: renamed; use {new}" in str(info.value)
+    # the same from a config file, through the CLI: exit code 2
+    section, *rest = key.split(".")
+    nested: dict = {}
+    cursor = nested.setdefault(section, {})
+    for part in rest[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[rest[-1]] = 1
+    path = tmp_path / "old.yaml"
+    path.write_text(__import__("yaml").safe_dump(nested))
+    assert main(["config", "validate", "--config", str(path)]) == 2
+
+
+def test_every_pooled_stage_has_the_same_pool_shape():
+    from selma_ray.config import ActorPool
+
+    cfg = load_config(preset="sd15")
+    pools = {
+        "prompts.vllm.pool": cfg.prompts.vllm.pool,
+        "images.pool": cfg.images.pool,
+        "train.cache_pool": cfg.train.cache_pool,
+        "eval.pool": cfg.eval.pool,
+        "serve.pool": cfg.serve.pool,
+    }
+    assert all(type(p) is ActorPool for p in pools.values())
+    assert {k: (p.max_size, p.gpus) for k, p in pools.items()} == {
+        "prompts.vllm.pool": (4, 1.0),
+        "images.pool": (8, 1.0),
+        "train.cache_pool": (5, 1.0),
+        "eval.pool": (8, 1.0),
+        "serve.pool": (1, 1.0),
+    }
+    # a cache encoder takes a GPU when training does, unless the pool says otherwise
+    assert load_config(overrides=["train.use_gpu=true"]).train.cache_pool.gpus == 1.0
+    assert load_config(overrides=["train.use_gpu=false"]).train.cache_pool.gpus == 0.0
+    pinned = load_config(overrides=["train.use_gpu=true", "train.cache_pool.gpus=0.5"])
+    assert pinned.train.cache_pool.gpus == 0.5
 
 
 def test_user_skills_validated():
@@ -109,7 +174,7 @@ def test_builtin_skill_partial_override():
 
 def test_fingerprint_ignores_runtime_fields():
     a = load_config()
-    b = load_config(overrides=["prompts.vllm.max_engines=8", "prompts.max_rounds=999"])
+    b = load_config(overrides=["prompts.vllm.pool.max_size=8", "prompts.max_rounds=999"])
     c = load_config(overrides=["prompts.num_prompts=99"])
     fa, fb, fc = (fingerprint_hash(x.fingerprint(("prompts",))) for x in (a, b, c))
     assert fa == fb

@@ -1,16 +1,11 @@
 """Ray Train V2 launcher for stage 3: one ``TorchTrainer`` per skill expert, all at once.
 
-Each expert is its own Ray Train run (``RunConfig(name=f"expert-{skill}")``) under the run
-directory's ``train/`` folder (or ``train.storage_path`` when the run directory is not a
-filesystem Ray can write to), with DDP over ``train.num_workers`` workers. All skills are
-launched together from driver threads (which hold no Ray resources); runs that do not fit the
-cluster wait for room. Running the stage again with the same run directory resumes every
-unfinished expert from its latest checkpoint: Ray Train restores a run by storage path + name.
-
-Before the trainers start, :func:`encode_input_caches` maps
-:class:`~selma_ray.training.cache.CacheEncoder` over the skills on a Ray Data actor pool (on the
-GPUs when training uses them): each skill's VAE latents and text-encoder states are written
-once to ``<run_dir>/cache/<skill>/``, and every training worker of that expert reads them.
+Each :class:`~selma_ray.execution.ExpertJob` is its own Ray Train run (named by
+``layout.train_run_name(skill)``) under the job's storage path, with DDP over
+``train.num_workers`` workers. All skills are launched together from driver threads (which hold
+no Ray resources); runs that do not fit the cluster wait for room. Running the stage again with
+the same storage path resumes every unfinished expert from its latest checkpoint: Ray Train
+restores a run by storage path + name.
 
 The training itself is :func:`selma_ray.training.loop.train_expert`; this module only maps it
 onto Ray Train (checkpoints in, metrics and checkpoints out).
@@ -22,7 +17,9 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from selma_ray.config import SelmaConfig, TrainConfig
+from selma_ray.config import TrainConfig
+from selma_ray.execution import ExpertJob, raise_expert_failures
+from selma_ray.layout import train_run_name
 
 log = logging.getLogger(__name__)
 
@@ -40,55 +37,6 @@ class RayReporter:
         if checkpoint_dir is not None and self.world_rank == 0:
             checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
         ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def encode_input_caches(
-    cfg: SelmaConfig, skills: list[str], run_dir_uri: str
-) -> dict[str, dict[str, Any]]:
-    """Build the input caches of ``skills`` on a Ray Data actor pool; one result row per skill.
-
-    ``train.cache_actors`` actors (at most one per skill), each with
-    ``train.cache_gpus_per_actor`` GPUs (default: 1 when ``train.use_gpu``) and
-    ``train.cpus_per_worker`` CPUs, load the frozen encoders once and take one skill per task.
-    A skill already cached for the same inputs and settings is only checked. An actor that
-    dies is restarted and its skill retried (up to ``train.max_failures`` times).
-    """
-    from selma_ray.distributed.data import map_rows_with_actors
-    from selma_ray.training.cache import CacheEncoder
-
-    if not skills:
-        return {}
-    t = cfg.train
-    gpus = t.cache_gpus_per_actor
-    if gpus is None:
-        gpus = 1.0 if t.use_gpu else 0.0
-    actors = min(len(skills), t.cache_actors)
-    rows = map_rows_with_actors(
-        [{"skill": s} for s in skills],
-        CacheEncoder,
-        fn_constructor_kwargs={
-            "train": t.model_dump(mode="json"),
-            "base_model": t.base_model or cfg.images.model,
-            "run_dir_uri": run_dir_uri,
-            "model_cache_dir": cfg.storage.cache_dir,
-            "seed": cfg.seed,
-        },
-        min_actors=1,
-        max_actors=actors,
-        initial_actors=actors,
-        batch_size=1,
-        rows_per_block=1,
-        max_tasks_in_flight_per_actor=1,
-        num_gpus=gpus,
-        num_cpus=t.cpus_per_worker,
-        max_restarts=-1,
-        max_task_retries=t.max_failures,
-    )
-    out = {}
-    for row in rows:
-        clean = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-        out[str(clean["skill"])] = clean
-    return out
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -120,12 +68,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
 
-def make_trainer(cfg: SelmaConfig, skill: str, run_dir_uri: str, storage_path: str) -> Any:
+def make_trainer(job: ExpertJob) -> Any:
     """The ``TorchTrainer`` for one skill's expert."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    t = cfg.train
+    t = job.train
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
@@ -133,50 +81,45 @@ def make_trainer(cfg: SelmaConfig, skill: str, run_dir_uri: str, storage_path: s
         train_loop_per_worker,
         train_loop_config={
             "train": t.model_dump(mode="json"),
-            "skill": skill,
-            "run_dir_uri": run_dir_uri,
-            "base_model": t.base_model or cfg.images.model,
-            "model_cache_dir": cfg.storage.cache_dir,
-            "seed": cfg.seed,
+            "skill": job.skill,
+            "run_dir_uri": job.run_dir_uri,
+            "base_model": job.base_model,
+            "model_cache_dir": job.model_cache_dir,
+            "seed": job.seed,
         },
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=f"expert-{skill}",
-            storage_path=storage_path,
+            name=train_run_name(job.skill),
+            storage_path=job.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )
 
 
-def train_experts(
-    cfg: SelmaConfig, skills: list[str], run_dir_uri: str, storage_path: str
-) -> dict[str, Any]:
-    """Fit one trainer per skill concurrently; returns each skill's Ray Train result.
+def train_experts(jobs: list[ExpertJob]) -> dict[str, Any]:
+    """Fit one trainer per job concurrently; returns each skill's Ray Train result.
 
     A failed expert does not stop the others: every run is waited for, then the failures are
     raised together naming the skills (finished experts stay finished for the rerun).
     """
-    if not skills:
+    if not jobs:
         return {}
 
-    def fit(skill: str) -> Any:
-        log.info("expert %s: training", skill)
-        return make_trainer(cfg, skill, run_dir_uri, storage_path).fit()
+    def fit(job: ExpertJob) -> Any:
+        log.info("expert %s: training", job.skill)
+        return make_trainer(job).fit()
 
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=len(skills), thread_name_prefix="expert") as pool:
-        futures = {skill: pool.submit(fit, skill) for skill in skills}
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="expert") as pool:
+        futures = {job.skill: pool.submit(fit, job) for job in jobs}
         for skill, future in futures.items():
             try:
                 results[skill] = future.result()
             except BaseException as e:  # noqa: BLE001 - collected and re-raised below
                 errors[skill] = e
-    if errors:
-        detail = "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in errors.items())
-        msg = f"{len(errors)} of {len(skills)} experts failed ({detail}); rerun to resume them"
-        raise RuntimeError(msg) from next(iter(errors.values()))
+    raise_expert_failures(errors, len(jobs))
     return results

@@ -1,4 +1,4 @@
-"""Stage 5 (evaluation): benchmark data and the scoring core, without any model.
+"""Stage 5 (evaluation): benchmarks, scoring, the VQA / CLIP scorers, the stage and its report.
 
 * :mod:`selma_ray.evaluation.benchmarks`: DSG-1k (vendored), TIFA v1.0 and our held-out skill
   prompts as typed items, with a :class:`LoadReport` of what each loader cleaned or skipped.
@@ -6,9 +6,12 @@
 * :mod:`selma_ray.evaluation.rescore`: re-scoring a saved answers table (CSV or Parquet) into a
   JSON report and a terminal table (``selma-ray evaluate rescore``); imported on demand since it
   needs pandas.
+* :mod:`selma_ray.evaluation.vqa`, :mod:`selma_ray.evaluation.clip`: the model-backed scorers
+  (Ray Data style callable classes: load once, score batches of rows); imported on demand.
+* :mod:`selma_ray.evaluation.stage`: the stage (variants drawn, questions answered, scores) on
+  the executor it is handed; :mod:`selma_ray.evaluation.report`: the HTML report.
 
-Image generation and the VQA / CLIP models that produce the answers live elsewhere and feed
-their answers into these functions.
+This package's ``__init__`` imports only the model-free modules.
 """
 
 from selma_ray.evaluation.benchmarks import (

@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import fsspec
 
+from selma_ray import layout
 from selma_ray.storage import RunDir
 
 #: Where the vendored DSG-1k annotations live inside the package.
@@ -524,17 +525,17 @@ def load_skill_prompts(run_dir: str | RunDir, skills: Sequence[str]) -> Benchmar
     if not skills:
         msg = "load_skill_prompts: no skills given; pass the skill names to evaluate"
         raise ValueError(msg)
-    report = LoadReport(f"skill prompts ({rd.url('prompts')})")
+    report = LoadReport(f"skill prompts ({rd.url(*layout.prompts_dir())})")
     items: list[BenchmarkItem] = []
     seen: set[str] = set()
     for skill in skills:
-        if not rd.exists("prompts", f"{skill}.jsonl"):
+        if not rd.exists(*layout.prompts_file(skill)):
             msg = (
-                f"skill prompts: {rd.url('prompts', skill + '.jsonl')} does not exist; run the "
+                f"skill prompts: {rd.url(*layout.prompts_file(skill))} does not exist; run the "
                 f"prompts stage for skill {skill!r} first, or check the skill name and run dir"
             )
             raise ValueError(msg)
-        for n, row in enumerate(rd.read_jsonl("prompts", f"{skill}.jsonl"), start=1):
+        for n, row in enumerate(rd.read_jsonl(*layout.prompts_file(skill)), start=1):
             where = f"prompts/{skill}.jsonl line {n}"
             item_id = row.get("id")
             prompt = row.get("prompt")

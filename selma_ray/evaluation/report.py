@@ -14,11 +14,9 @@ import html
 import io
 from typing import Any
 
+from selma_ray import layout
 from selma_ray.storage import RunDir
 
-STAGE_DIR = "eval"
-HTML_FILE = "report.html"
-CONTACT_SHEET = "contact_sheet.png"
 THUMB = 96
 PER_GROUP = 4  # images per category row in the grid
 
@@ -90,8 +88,8 @@ def _groups(report: dict[str, Any]) -> dict[str, list[str]]:
 def _image(rd: RunDir, variant: str, item_id: str) -> bytes | None:
     name = f"{item_id}.png"
     return (
-        rd.read_bytes(STAGE_DIR, "images", variant, name)
-        if rd.exists(STAGE_DIR, "images", variant, name)
+        rd.read_bytes(*layout.eval_images(variant, name))
+        if rd.exists(*layout.eval_images(variant, name))
         else None
     )
 
@@ -131,9 +129,9 @@ def grid_html(rd: RunDir, report: dict[str, Any]) -> str:
 def loss_curves(rd: RunDir) -> dict[str, dict[str, list[list[float]]]]:
     """{skill: {"train_loss": [[step, loss]...], "val_loss": [...]}} from expert.json files."""
     out = {}
-    for skill in sorted(rd.listdir("experts")) if rd.exists("experts") else []:
-        if rd.exists("experts", skill, "expert.json"):
-            meta = rd.read_json("experts", skill, "expert.json")
+    for skill in sorted(rd.listdir(*layout.experts_dir())):
+        if rd.exists(*layout.expert_meta(skill)):
+            meta = rd.read_json(*layout.expert_meta(skill))
             out[skill] = {k: list(meta.get(k) or []) for k in ("train_loss", "val_loss")}
     return out
 
@@ -228,10 +226,10 @@ td.prompt{text-align:left;max-width:260px;font-size:12px}
 def build_report(run_dir: str | RunDir) -> dict[str, str]:
     """Write ``eval/report.html`` and ``eval/contact_sheet.png``; returns their URIs."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if not rd.exists(STAGE_DIR, "report.json"):
-        msg = f"no {rd.url(STAGE_DIR, 'report.json')}: run the eval stage first"
+    if not rd.exists(*layout.eval_report()):
+        msg = f"no {rd.url(*layout.eval_report())}: run the eval stage first"
         raise FileNotFoundError(msg)
-    report = rd.read_json(STAGE_DIR, "report.json")
+    report = rd.read_json(*layout.eval_report())
     curves = loss_curves(rd)
     plots = "".join(
         f'<img src="{_data_uri(plot_curves(skill, c))}" alt="loss curves {_esc(skill)}">'
@@ -256,6 +254,9 @@ CLIP: <code>{_esc(report.get("clip_model"))}</code>, DSG rules: {_esc(report.get
 <img src="{_data_uri(sheet)}" alt="contact sheet">
 </body></html>
 """
-    rd.write_bytes(sheet, STAGE_DIR, CONTACT_SHEET)
-    rd.write_text(page, STAGE_DIR, HTML_FILE)
-    return {"html": rd.url(STAGE_DIR, HTML_FILE), "contact_sheet": rd.url(STAGE_DIR, CONTACT_SHEET)}
+    rd.write_bytes(sheet, *layout.eval_contact_sheet())
+    rd.write_text(page, *layout.eval_report_html())
+    return {
+        "html": rd.url(*layout.eval_report_html()),
+        "contact_sheet": rd.url(*layout.eval_contact_sheet()),
+    }

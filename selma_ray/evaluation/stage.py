@@ -1,17 +1,19 @@
 """SELMA stage 5: generate benchmark images per model variant, answer, score, report.
 
-Variants (``eval.variants``): ``base`` (the images model, no LoRA), ``expert-<skill>`` (each
-``experts/<skill>/pytorch_lora_weights.safetensors``) and ``merged``
-(``merged/pytorch_lora_weights.safetensors``). Items: DSG-1k (``max_items``, round-robin over
-its categories in source order), TIFA (when ``eval.tifa_path``), and our skill prompts held out
-from expert training (the same ``split_holdout(prompt ids, train.validation_fraction, seed)`` the
-trainer uses; with a fraction of 0 every prompt is used, and the report says so), each limited
-to ``max_items`` (round-robin over skills).
+Variants (``eval.variants``), all drawn with the experts' base model at their training
+resolution (``train.base_model``, ``train.resolution``): ``base`` (no LoRA), ``expert-<skill>``
+(each skill's expert LoRA) and ``merged`` (the merged LoRA). Items: DSG-1k (``max_items``,
+round-robin over its categories in source order), TIFA (when ``eval.tifa_path``), and our skill
+prompts held out from expert training (the same
+``split_holdout(prompt ids, train.validation_fraction, seed)`` the trainer uses; with a fraction
+of 0 every prompt is used, and the report says so), each limited to ``max_items`` (round-robin
+over skills).
 
-Every variant draws the same items with the same seeds (``image_seed(seed, item_id, 0)``), on
-the stage-2 actor pool (:class:`LoraImageGenerator` swaps the LoRA per variant), into
-``eval/images/<variant>/<item_id>.png``; existing images are kept (resume). Every question is
-answered by the VQA backend on a Ray Data actor pool; answers go to ``eval/answers.parquet``
+Every variant draws the same items with the same seeds (``image_seed(seed, item_id, 0)``) with
+stage 2's drawing (:class:`LoraImageGenerator` swaps the LoRA per variant) on ``eval.pool``,
+into ``eval/images/<variant>/<item_id>.png``; existing images are kept (resume). Every question
+is answered by the VQA backend on the same pool (through the executor the stage is handed);
+answers go to ``eval/answers.parquet``
 (``item_id, question_id, answer, model`` = variant, ``benchmark``, ``question``), which
 ``selma-ray evaluate rescore dsg1k eval/answers.parquet`` re-scores to the same DSG-1k numbers
 (both use the ``reference`` rules). Scores + CLIPScore go to ``eval/report.json``, and the HTML
@@ -27,7 +29,8 @@ import tempfile
 from collections import defaultdict
 from typing import Any
 
-from selma_ray.config import SelmaConfig
+from selma_ray import layout
+from selma_ray.config import ImagesConfig, SelmaConfig
 from selma_ray.evaluation.benchmarks import (
     BenchmarkItem,
     TifaItem,
@@ -36,17 +39,14 @@ from selma_ray.evaluation.benchmarks import (
     load_tifa,
 )
 from selma_ray.evaluation.scoring import REFERENCE_RULES, score_dsg, score_tifa
+from selma_ray.execution import Executor, batch_to_rows, rows_to_batch
 from selma_ray.images.generate import ImageGenerator, image_seed
+from selma_ray.images.stage import draw_rows
+from selma_ray.layout import eval_images
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
 
-STAGE_DIR = "eval"
-IMAGES_DIR = "images"
-ANSWERS_FILE = "answers.parquet"
-REPORT_FILE = "report.json"
-ITEMS_FILE = "items.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 #: DSG rules of the stage's numbers (also ``rescore``'s default, so both agree).
 RULES = REFERENCE_RULES
 _DIGITS = 4
@@ -76,8 +76,8 @@ def held_out_prompt_ids(cfg: SelmaConfig, run_dir: RunDir, skill: str, ids: list
     from selma_ray.training.data import Pair, split_holdout
 
     trained_on = ids
-    if run_dir.exists("images", skill, "metadata.jsonl"):  # the trainer splits imaged prompts
-        imaged = {r["prompt_id"] for r in run_dir.read_jsonl("images", skill, "metadata.jsonl")}
+    if run_dir.exists(*layout.images_metadata(skill)):  # the trainer splits imaged prompts
+        imaged = {r["prompt_id"] for r in run_dir.read_jsonl(*layout.images_metadata(skill))}
         trained_on = [i for i in ids if i in imaged] or ids
     pairs = [Pair(file_name=f"{i}.png", text="", prompt_id=i) for i in trained_on]
     _, val = split_holdout(pairs, cfg.train.validation_fraction, cfg.seed)
@@ -131,15 +131,15 @@ def variant_loras(cfg: SelmaConfig, run_dir: RunDir) -> dict[str, str | None]:
             out["base"] = None
         elif v == "experts":
             for skill in (s.name for s in cfg.prompts.skills):
-                if not run_dir.exists("experts", skill, LORA_FILE):
+                if not run_dir.exists(*layout.expert_lora(skill)):
                     msg = f"eval: no expert for skill {skill!r}; run the experts stage first"
                     raise FileNotFoundError(msg)
-                out[f"expert-{skill}"] = run_dir.url("experts", skill, LORA_FILE)
+                out[layout.expert_variant(skill)] = run_dir.url(*layout.expert_lora(skill))
         elif v == "merged":
-            if not run_dir.exists("merged", LORA_FILE):
-                msg = "eval: no merged/pytorch_lora_weights.safetensors; run the merge stage first"
+            if not run_dir.exists(*layout.merged_lora()):
+                msg = f"eval: no {'/'.join(layout.merged_lora())}; run the merge stage first"
                 raise FileNotFoundError(msg)
-            out["merged"] = run_dir.url("merged", LORA_FILE)
+            out["merged"] = run_dir.url(*layout.merged_lora())
     return out
 
 
@@ -150,7 +150,13 @@ class LoraImageGenerator(ImageGenerator):
     """:class:`ImageGenerator` whose rows name a variant (``skill`` column) and whose LoRA is
     loaded before drawing them (swapped when the variant changes; rows come sorted by it)."""
 
-    def __init__(self, cfg: dict[str, Any], out_uri: str, loras: dict[str, str | None], **kw: Any):
+    def __init__(
+        self,
+        cfg: ImagesConfig | dict[str, Any],
+        out_uri: str,
+        loras: dict[str, str | None],
+        **kw: Any,
+    ) -> None:
         super().__init__(cfg, out_uri, **kw)
         self.loras = dict(loras)
         self.current: str | None = "base"
@@ -167,24 +173,27 @@ class LoraImageGenerator(ImageGenerator):
         if uri is not None:
             local = os.path.join(self.tmp, variant)
             os.makedirs(local, exist_ok=True)
-            with fsspec.open(uri, "rb") as src, open(os.path.join(local, LORA_FILE), "wb") as dst:
+            with (
+                fsspec.open(uri, "rb") as src,
+                open(os.path.join(local, layout.LORA_FILE), "wb") as dst,
+            ):
                 dst.write(src.read())
-            self.pipe.load_lora_weights(local, weight_name=LORA_FILE, adapter_name="selma_eval")
+            self.pipe.load_lora_weights(
+                local, weight_name=layout.LORA_FILE, adapter_name="selma_eval"
+            )
         self.current = variant
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        from selma_ray.images.generate import result_rows, rows_to_batch
-
-        rows = [dict(zip(batch, vals, strict=True)) for vals in zip(*batch.values(), strict=True)]
+        rows = batch_to_rows(batch)
         outs: list[dict[str, Any]] = []
         for variant in dict.fromkeys(str(r["skill"]) for r in rows):
             sub = [r for r in rows if str(r["skill"]) == variant]
             todo = [r for r in sub if not self._exists(variant, str(r["file_name"]))]
             if todo:
                 self.use(variant)
-            outs.extend(result_rows(super().__call__(rows_to_batch(sub))))
+            outs.extend(batch_to_rows(super().__call__(rows_to_batch(sub))))
         return {k: np.array([o[k] for o in outs]) for k in outs[0]}
 
 
@@ -209,26 +218,32 @@ def plan_images(
     return rows
 
 
-def _draw(
-    cfg: SelmaConfig, run_dir: RunDir, rows: list[dict[str, Any]], loras: dict[str, str | None]
-) -> list[dict[str, Any]]:
-    """Draw the rows not yet on storage on the images actor pool (a test seam)."""
-    from selma_ray.distributed.images import generate_images
+def eval_images_config(cfg: SelmaConfig) -> ImagesConfig:
+    """The settings every variant is drawn with: the experts' base model at their training
+    resolution (:meth:`~selma_ray.config.SelmaConfig.variant_images`), always PNG."""
+    return cfg.variant_images().model_copy(update={"image_format": "png"})
 
-    icfg = cfg.images
-    todo = [
-        r for r in rows if not run_dir.exists(STAGE_DIR, IMAGES_DIR, r["skill"], r["file_name"])
-    ]
+
+def draw_variants(
+    cfg: SelmaConfig,
+    run_dir: RunDir,
+    rows: list[dict[str, Any]],
+    loras: dict[str, str | None],
+    executor: Executor,
+) -> list[dict[str, Any]]:
+    """Draw the rows not yet on storage on ``eval.pool``, swapping LoRAs per variant."""
+    todo = [r for r in rows if not run_dir.exists(*eval_images(r["skill"], r["file_name"]))]
     if not todo:
         return []
-    return generate_images(
+    return draw_rows(
         todo,
-        icfg,
-        run_dir.url(STAGE_DIR, IMAGES_DIR),
-        cfg.storage.cache_dir,
+        eval_images_config(cfg),
+        run_dir.url(*eval_images()),
+        executor,
+        cache_dir=cfg.storage.cache_dir,
+        pool=cfg.eval.pool,
         generator_cls=LoraImageGenerator,
         generator_kwargs={"loras": loras},
-        cfg_overrides={"image_format": "png"},
     )
 
 
@@ -245,7 +260,7 @@ def question_rows(
     for variant in variants:
         for bench, bench_items in items.items():
             for item in bench_items:
-                uri = run_dir.url(STAGE_DIR, IMAGES_DIR, variant, f"{item.item_id}.png")
+                uri = run_dir.url(*eval_images(variant, f"{item.item_id}.png"))
                 for q in item.questions:
                     is_tifa = hasattr(q, "choices")
                     rows.append(
@@ -262,26 +277,21 @@ def question_rows(
     return rows
 
 
-def _map(
-    cfg: SelmaConfig, rows: list[dict[str, Any]], fn_cls: type, kwargs: dict[str, Any]
+def score_rows(
+    cfg: SelmaConfig,
+    rows: list[dict[str, Any]],
+    fn_cls: type,
+    kwargs: dict[str, Any],
+    executor: Executor,
 ) -> list[dict[str, Any]]:
-    """Run a scorer class over rows on a Ray Data actor pool (a test seam)."""
-    from selma_ray.distributed.data import map_rows_with_actors
-
-    icfg = cfg.images
-    return map_rows_with_actors(
+    """Run a scorer class (VQA, CLIP) over rows on ``eval.pool``."""
+    return executor.map_rows(
         rows,
         fn_cls,
-        fn_constructor_kwargs={**kwargs, "cache_dir": cfg.storage.cache_dir},
-        min_actors=icfg.min_actors,
-        max_actors=icfg.max_actors,
-        batch_size=cfg.eval.batch_size,
-        num_gpus=icfg.gpus_per_actor,
+        fn_kwargs={**kwargs, "cache_dir": cfg.storage.cache_dir},
+        pool=cfg.eval.pool,
+        rows_per_task=cfg.eval.rows_per_task,
     )
-
-
-def _py(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") and not isinstance(value, str) else value
 
 
 # --------------------------------------------------------------------------- scoring
@@ -317,7 +327,7 @@ def score_variant(
     return {"dsg": dsg, "tifa": tifa}
 
 
-def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, progress: bool = False) -> dict[str, Any]:
+def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dict[str, Any]:
     """Stage 5 (see the module docstring); returns counts + overall scores per variant."""
     import pandas as pd
 
@@ -332,25 +342,25 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, progress: bool = False) ->
     loras = variant_loras(cfg, run_dir)
     variants = list(loras)
     image_rows = plan_images(cfg, items, variants)
-    drawn = _draw(cfg, run_dir, image_rows, loras)
+    drawn = draw_variants(cfg, run_dir, image_rows, loras, executor)
     n_written = sum(bool(r.get("written")) for r in drawn)
 
     qrows = question_rows(run_dir, items, variants)
-    answered = _map(cfg, qrows, VQAScorer, {"model_ref": ecfg.vqa_model})
+    answered = score_rows(cfg, qrows, VQAScorer, {"model_ref": ecfg.vqa_model}, executor)
     answered.sort(
         key=lambda r: (variants.index(str(r["model"])), str(r["item_id"]), int(r["question_id"]))
     )
     cols = ("item_id", "question_id", "answer", "model", "benchmark", "question")
-    df = pd.DataFrame([{c: _py(r[c]) for c in cols} for r in answered], columns=list(cols))
+    df = pd.DataFrame([{c: r[c] for c in cols} for r in answered], columns=list(cols))
     df["question_id"] = df["question_id"].astype("int64")
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    run_dir.write_bytes(buf.getvalue(), STAGE_DIR, ANSWERS_FILE)
+    run_dir.write_bytes(buf.getvalue(), *layout.eval_answers())
 
     by_variant: dict[str, dict[str, dict[int, str]]] = {v: {} for v in variants}
     for r in answered:
         by_variant[str(r["model"])].setdefault(str(r["item_id"]), {})[int(r["question_id"])] = str(
-            _py(r["answer"])
+            r["answer"]
         )
 
     clip: dict[str, dict[str, float]] = {v: {} for v in variants}
@@ -360,11 +370,11 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, progress: bool = False) ->
                 "model": r["skill"],
                 "item_id": r["prompt_id"],
                 "text": r["prompt"],
-                "image_uri": run_dir.url(STAGE_DIR, IMAGES_DIR, r["skill"], r["file_name"]),
+                "image_uri": run_dir.url(*eval_images(r["skill"], r["file_name"])),
             }
             for r in image_rows
         ]
-        for r in _map(cfg, crows, ClipScorer, {"model_ref": ecfg.clip_model}):
+        for r in score_rows(cfg, crows, ClipScorer, {"model_ref": ecfg.clip_model}, executor):
             clip[str(r["model"])][str(r["item_id"])] = round(float(r["clip_score"]), _DIGITS)
 
     report: dict[str, Any] = {
@@ -387,7 +397,7 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, progress: bool = False) ->
         entry["clip_items"] = clip[v]
         entry["lora"] = loras[v]
         report["variants"][v] = entry
-    run_dir.write_json(report, STAGE_DIR, REPORT_FILE)
+    run_dir.write_json(report, *layout.eval_report())
     try:
         from selma_ray.evaluation.report import build_report
 

@@ -9,16 +9,15 @@ draws each row not yet on storage, encodes it and writes it atomically to
 Determinism: every image has its own ``torch.Generator`` seeded from its row. With
 ``exact_per_image`` (the default) every image is denoised in its own pipeline call, so its bytes
 do not depend on batch size, actor count, retries or resumes (a batch of another size takes
-other kernels, whose results differ by ~1e-6, which can flip a uint8 rounding). With
-``exact_per_image: false`` the images are drawn ``batch_size`` at a time, and a short batch
-(the tail, a retry, a resume) is padded to ``batch_size`` with copies of its first row, so every
-UNet call has the same shape: an image's bytes then depend on its prompt, seed and
-``images.batch_size`` only, not on which rows shared its batch or where it sat, as long as the
-UNet and VAE compute each sample independently of the others. That holds on the CPU (CLIP's text
-encoder does not, so prompts are encoded one at a time); it does not hold for fp16 on an H200,
-where only 1 to 11 of 16 images came out byte-identical when regrouped
-(``benchmarks/batch_invariance.py``): on GPUs only exact mode is byte-reproducible across batch
-plans. Bytes are always specific to the device type, dtype and library versions.
+other kernels, which can flip a uint8 rounding). With ``exact_per_image: false`` the images are
+drawn ``images_per_call`` at a time, and a short batch (the tail, a retry, a resume) is padded
+to ``images_per_call`` with copies of its first row, so every UNet call has the same shape: an
+image's bytes then depend on its prompt, seed and ``images.images_per_call`` only, as long as
+the UNet and VAE compute each sample independently of the others. That holds on the CPU (CLIP's
+text encoder does not, so prompts are encoded one at a time); it does not hold for fp16 GPU
+kernels, which depend on a sample's position in the batch (measured in
+``benchmarks/batch_invariance.py``). Bytes are always specific to the device type, dtype and
+library versions.
 """
 
 from __future__ import annotations
@@ -33,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from selma_ray.config import ImagesConfig
+from selma_ray.execution import batch_to_rows
 from selma_ray.seeds import derive_seed
 from selma_ray.storage import RunDir
 
@@ -151,12 +152,15 @@ def default_device() -> str:
 
 
 def load_pipeline(
-    cfg: dict[str, Any],
+    model: str,
     *,
+    dtype: str = "auto",
+    attention: str = "sdpa",
+    compile: bool = False,
     cache_dir: str | None = None,
     device: str | None = None,
 ) -> Any:
-    """The diffusers pipeline of ``cfg["model"]`` on ``device``, configured as ``cfg`` says."""
+    """The diffusers pipeline of ``model`` on ``device`` (``images.*`` settings of that name)."""
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -164,25 +168,25 @@ def load_pipeline(
     from selma_ray.models import resolve_model
 
     device = device or default_device()
-    dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
-    path = resolve_model(cfg["model"], cache_dir)
+    torch_dtype = resolve_dtype(dtype, device)
+    path = resolve_model(model, cache_dir)
     diffusers_logging.disable_progress_bar()
     with warnings.catch_warnings():
         # diffusers >= 0.40 renames torch_dtype -> dtype; older ones only know torch_dtype
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         try:
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
         except OSError as e:
             msg = (
-                f"images.model {cfg['model']!r} (resolved to {path!r}) could not be loaded as a "
+                f"images.model {model!r} (resolved to {path!r}) could not be loaded as a "
                 f"diffusers pipeline: {e}. Give a diffusers model id, a local pipeline "
                 "directory, or tiny:sd."
             )
             raise OSError(msg) from e
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    _set_attention(pipe, cfg.get("attention", "sdpa"))
-    if cfg.get("compile"):
+    _set_attention(pipe, attention)
+    if compile:
         denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
     return pipe
@@ -213,8 +217,9 @@ def _set_attention(pipe: Any, attention: str) -> None:
 class ImageGenerator:
     """Ray Data callable class: draws and writes every row of a batch not yet on storage.
 
-    Args (picklable primitives, as Ray Data ships them to each actor):
-        cfg: ``ImagesConfig.model_dump()``.
+    Args:
+        cfg: the ``images`` section, typed (a mapping is validated into one here, on the
+            worker).
         out_uri: the images folder (``<run dir>/images``); images go to ``<skill>/<file_name>``.
         cache_dir: where ``tiny:`` models are built (None = default cache).
         num_threads: torch CPU threads (None = leave as set, e.g. by Ray's OMP_NUM_THREADS).
@@ -223,7 +228,7 @@ class ImageGenerator:
 
     def __init__(
         self,
-        cfg: dict[str, Any],
+        cfg: ImagesConfig | dict[str, Any],
         out_uri: str,
         cache_dir: str | None = None,
         num_threads: int | None = None,
@@ -235,14 +240,21 @@ class ImageGenerator:
         t0 = time.perf_counter()
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.cfg = dict(cfg)
+        self.cfg = ImagesConfig.model_validate(cfg)
         self.device = device or default_device()
         self.out = RunDir(out_uri)
-        self.model_name = str(cfg["model"])
-        self.image_format = str(cfg.get("image_format", "png"))
-        self.exact = bool(cfg.get("exact_per_image", True))
-        self.batch_size = max(1, int(cfg.get("batch_size", 1)))
-        self.pipe = load_pipeline(self.cfg, cache_dir=cache_dir, device=self.device)
+        self.model_name = self.cfg.model
+        self.image_format = self.cfg.image_format
+        self.exact = self.cfg.exact_per_image
+        self.images_per_call = self.cfg.images_per_call
+        self.pipe = load_pipeline(
+            self.cfg.model,
+            dtype=self.cfg.dtype,
+            attention=self.cfg.attention,
+            compile=self.cfg.compile,
+            cache_dir=cache_dir,
+            device=self.device,
+        )
         self.load_seconds = time.perf_counter() - t0
         self.init_finished_at = time.time()
 
@@ -261,10 +273,10 @@ class ImageGenerator:
             out = self.pipe(
                 **self._prompt_inputs(prompts),
                 generator=[self._generator(s) for s in seeds],
-                num_inference_steps=int(cfg["steps"]),
-                guidance_scale=float(cfg["guidance_scale"]),
-                height=int(cfg["resolution"]),
-                width=int(cfg["resolution"]),
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                height=cfg.resolution,
+                width=cfg.resolution,
                 output_type="np",
             )
         return to_uint8(np.asarray(out.images))
@@ -277,10 +289,9 @@ class ImageGenerator:
         import torch
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        cfg = self.cfg
-        negative = cfg.get("negative_prompt") or None
+        negative = self.cfg.negative_prompt or None
         pipe = self.pipe
-        cfg_on = float(cfg["guidance_scale"]) > 1.0
+        cfg_on = self.cfg.guidance_scale > 1.0
         if isinstance(pipe, StableDiffusionXLPipeline):
             names = (
                 "prompt_embeds",
@@ -314,13 +325,15 @@ class ImageGenerator:
         }
 
     def draw_fixed(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
-        """Like :meth:`draw`, in calls of exactly ``batch_size`` images (short ones padded with
-        copies of their first row, whose images are dropped): every call has the same shape."""
+        """Like :meth:`draw`, in calls of exactly ``images_per_call`` images (short ones padded
+        with copies of their first row, whose images are dropped): every call has the same
+        shape."""
         out = []
-        for start in range(0, len(prompts), self.batch_size):
-            p = list(prompts[start : start + self.batch_size])
-            s = list(seeds[start : start + self.batch_size])
-            pad = self.batch_size - len(p)
+        n = self.images_per_call
+        for start in range(0, len(prompts), n):
+            p = list(prompts[start : start + n])
+            s = list(seeds[start : start + n])
+            pad = n - len(p)
             out.append(self.draw(p + [p[0]] * pad, s + [s[0]] * pad)[: len(p)])
         return np.concatenate(out)
 
@@ -333,7 +346,7 @@ class ImageGenerator:
     # ------------------------------------------------------------------ Ray Data entry point
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["prompt_id"])
-        rows = [{k: _py(v[i]) for k, v in batch.items()} for i in range(n)]
+        rows = batch_to_rows(batch)
         started = [0.0] * n
         finished = [0.0] * n
         written = [False] * n
@@ -369,26 +382,3 @@ class ImageGenerator:
             "worker_init_started_at": np.array([self.init_started_at] * n, dtype=np.float64),
             "worker_ready_at": np.array([self.init_finished_at] * n, dtype=np.float64),
         }
-
-
-def _py(value: Any) -> Any:
-    """numpy scalar -> Python scalar (str / int / float / bool)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def rows_to_batch(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Plan rows -> a numpy batch as Ray Data would pass it (for in-process use and tests)."""
-    if not rows:
-        return {}
-    out: dict[str, np.ndarray] = {}
-    for key in rows[0]:
-        values = [r[key] for r in rows]
-        out[key] = np.array(values, dtype=object if isinstance(values[0], str) else None)
-    return out
-
-
-def result_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """A numpy result batch -> list of row dicts with Python values."""
-    keys = list(batch)
-    n = len(batch[keys[0]]) if keys else 0
-    return [{k: _py(batch[k][i]) for k in keys} for i in range(n)]

@@ -1,14 +1,14 @@
 """SELMA stage 2: every skill's prompts drawn into a Hugging Face imagefolder per skill.
 
 Plan: one row per (prompt, image index), seeded from (run seed, prompt id, index). Rows whose
-image already exists are skipped (resume: one listing per skill folder), the rest go to the Ray
-actor pool, which writes each image atomically. Then, per skill, ``images/<skill>/metadata.jsonl``
-(``file_name, text, skill, prompt_id, image_index, seed, model``, sorted by prompt id and
-index) is written from the plan, and ``images/stats.json`` with the counts. The stage ends by
-checking that each skill folder holds exactly the planned image files, naming any that are
-missing or unexpected.
+image already exists are skipped (resume: one listing per skill folder), the rest go to the
+executor the stage is handed (``images.pool``), whose actors write each image atomically. Then,
+per skill, ``images/<skill>/metadata.jsonl`` (``file_name, text, skill, prompt_id,
+image_index, seed, model``, sorted by prompt id and index) is written from the plan, and
+``images/stats.json`` with the counts. The stage ends by checking that each skill folder holds
+exactly the planned image files, naming any that are missing or unexpected.
 
-Outputs load with ``datasets.load_dataset("imagefolder", data_dir=run_dir.path("images", s))``.
+Outputs load with ``datasets.load_dataset("imagefolder", data_dir=<run dir>/images/<skill>)``.
 The model recorded is ``images.model`` (which may differ from ``train.base_model``:
 weak-to-strong).
 """
@@ -20,17 +20,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from selma_ray.config import SelmaConfig
-from selma_ray.images.generate import IMAGE_SUFFIXES, METADATA_COLUMNS, plan_rows
-from selma_ray.prompts.stage import STAGE_DIR as PROMPTS_DIR
+from selma_ray.config import ActorPool, ImagesConfig, SelmaConfig
+from selma_ray.execution import Executor
+from selma_ray.images.generate import IMAGE_SUFFIXES, METADATA_COLUMNS, ImageGenerator, plan_rows
+from selma_ray.layout import images_dir, images_metadata, images_stats, prompts_file
 from selma_ray.prompts.stage import read_prompts
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
 
-STAGE_DIR = "images"
-METADATA_FILE = "metadata.jsonl"
-STATS_FILE = "stats.json"
 TMP_MARKER = ".tmp-"  # RunDir.write_bytes temp files: '<name>.tmp-<hex>'
 
 
@@ -44,16 +42,16 @@ def skill_names(cfg: SelmaConfig) -> list[str]:
 
 def load_prompt_rows(run_dir: RunDir, skill: str) -> list[dict[str, Any]]:
     """A skill's prompts; errors name the skill and the fix when there are none."""
-    if not run_dir.exists(PROMPTS_DIR, f"{skill}.jsonl"):
+    if not run_dir.exists(*prompts_file(skill)):
         msg = (
-            f"images: skill {skill!r} has no prompts ({run_dir.url(PROMPTS_DIR, skill + '.jsonl')}"
+            f"images: skill {skill!r} has no prompts ({run_dir.url(*prompts_file(skill))}"
             " is missing); run the prompts stage first"
         )
         raise FileNotFoundError(msg)
     rows = read_prompts(run_dir, skill)
     if not rows:
         msg = (
-            f"images: skill {skill!r} has no prompts ({PROMPTS_DIR}/{skill}.jsonl is empty); "
+            f"images: skill {skill!r} has no prompts ({'/'.join(prompts_file(skill))} is empty); "
             "rerun the prompts stage (--redo prompts) or drop the skill from prompts.skills"
         )
         raise ValueError(msg)
@@ -80,7 +78,7 @@ def plan(cfg: SelmaConfig, run_dir: RunDir) -> dict[str, list[dict[str, Any]]]:
 
 def list_skill_dir(run_dir: RunDir, skill: str) -> tuple[set[str], list[str]]:
     """(image file names, leftover temp files) in ``images/<skill>``; one listing."""
-    names = run_dir.listdir(STAGE_DIR, skill)
+    names = run_dir.listdir(*images_dir(skill))
     images = {n for n in names if n.endswith(IMAGE_SUFFIXES) and TMP_MARKER not in n}
     temps = [n for n in names if TMP_MARKER in n]
     return images, temps
@@ -90,7 +88,7 @@ def _clean_temps(run_dir: RunDir, skill: str, temps: list[str]) -> None:
     """Remove temp files left by writers killed mid-write (never a finished image)."""
     for name in temps:
         try:
-            run_dir.remove(STAGE_DIR, skill, name)
+            run_dir.remove(*images_dir(skill, name))
         except FileNotFoundError:  # pragma: no cover - removed concurrently
             pass
 
@@ -133,7 +131,7 @@ def verify(run_dir: RunDir, planned: dict[str, list[dict[str, Any]]]) -> None:
     if problems:
         lines = "\n  ".join(problems)
         msg = (
-            f"images in {run_dir.url(STAGE_DIR)} do not match the plan:\n  {lines}\n"
+            f"images in {run_dir.url(*images_dir())} do not match the plan:\n  {lines}\n"
             "Rerun the images stage to draw missing images; remove unexpected files (or use "
             "--redo images)."
         )
@@ -145,9 +143,7 @@ def _names(names: list[str], limit: int = 10) -> str:
     return shown + (f", ... (+{len(names) - limit})" if len(names) > limit else "")
 
 
-def run_images_stage(
-    cfg: SelmaConfig, run_dir: RunDir, *, progress: bool = False
-) -> dict[str, Any]:
+def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dict[str, Any]:
     """Draw every planned image not yet on storage, write metadata + stats; counts per skill."""
     t0 = time.perf_counter()
     planned = plan(cfg, run_dir)
@@ -168,7 +164,9 @@ def run_images_stage(
     written: dict[str, int] = defaultdict(int)
     t_draw = time.perf_counter()
     if todo:
-        results = _draw(cfg, run_dir, todo, progress=progress)
+        results = draw_rows(
+            todo, cfg.images, run_dir.url(*images_dir()), executor, cache_dir=cfg.storage.cache_dir
+        )
         for r in results:
             written[r["skill"]] += bool(r["written"])
     draw_seconds = time.perf_counter() - t_draw
@@ -176,7 +174,7 @@ def run_images_stage(
         _clean_temps(run_dir, skill, list_skill_dir(run_dir, skill)[1])
     verify(run_dir, planned)
     for skill, rows in planned.items():
-        run_dir.write_jsonl(metadata_rows(rows, cfg.images.model), STAGE_DIR, skill, METADATA_FILE)
+        run_dir.write_jsonl(metadata_rows(rows, cfg.images.model), *images_metadata(skill))
     counts = {skill: len(rows) for skill, rows in planned.items()}
     stats = {
         "model": cfg.images.model,
@@ -198,21 +196,40 @@ def run_images_stage(
         "draw_seconds": round(draw_seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    run_dir.write_json(stats, STAGE_DIR, STATS_FILE)
+    run_dir.write_json(stats, *images_stats())
     return counts
 
 
-def _draw(
-    cfg: SelmaConfig, run_dir: RunDir, rows: list[dict[str, Any]], *, progress: bool
+def draw_rows(
+    rows: list[dict[str, Any]],
+    cfg: ImagesConfig,
+    out_uri: str,
+    executor: Executor,
+    *,
+    cache_dir: str | None = None,
+    pool: ActorPool | None = None,
+    generator_cls: type = ImageGenerator,
+    generator_kwargs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    import ray.data
+    """Draw ``rows`` (from :func:`~selma_ray.images.generate.plan_rows`) into ``out_uri``.
 
-    from selma_ray.distributed.images import generate_images
-
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.enable_progress_bars
-    ctx.enable_progress_bars = progress
-    try:
-        return generate_images(rows, cfg.images, run_dir.url(STAGE_DIR), cfg.storage.cache_dir)
-    finally:
-        ctx.enable_progress_bars = saved
+    One result row per input row (metadata + ``written``: False when the image was already
+    there). Every task is one whole batch of at most ``cfg.rows_per_task`` rows, and the pool
+    (``pool``, default ``cfg.pool``) starts with as many actors as there are tasks, so a small
+    input is spread over every actor. ``generator_cls`` (an :class:`ImageGenerator` subclass,
+    e.g. the evaluation's LoRA-switching one) takes ``generator_kwargs`` on top of the usual
+    constructor arguments. ``out_uri`` must be visible from wherever the executor runs.
+    """
+    return executor.map_rows(
+        rows,
+        generator_cls,
+        fn_kwargs={
+            "cfg": cfg,
+            "out_uri": out_uri,
+            "cache_dir": cache_dir,
+            **(generator_kwargs or {}),
+        },
+        pool=pool or cfg.pool,
+        rows_per_task=cfg.rows_per_task,
+        whole_tasks=True,
+    )

@@ -1,4 +1,4 @@
-"""The ROUGE-L near-duplicate prompt filter: SELMA's rule, exact, fast enough for 100k prompts.
+"""Owns the ROUGE-L near-duplicate prompt filter: SELMA's rule, exact, with few pairs scored.
 
 SELMA's rule: candidates are processed in order; a candidate is rejected when its ROUGE-L
 F-measure (``rouge-score``, default tokenizer, no stemming) with ANY earlier kept prompt is
@@ -225,21 +225,13 @@ def _keys(ranks: list[int], prefix: int, level: int) -> list[int]:
     return list(map(hash, itertools.combinations(head, level)))
 
 
-def filter_near_duplicates(
-    candidates: Sequence[str],
-    existing: Sequence[str] = (),
-    threshold: float = DEFAULT_THRESHOLD,
-) -> list[bool]:
-    """Keep flag per candidate, in input order: exactly :func:`reference_filter`'s decisions.
+def _encode_texts(
+    existing: list[str], candidates: list[str]
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], int]:
+    """Token sequences as integer codes (``existing`` first), and the vocabulary size (>= 1).
 
-    ``existing`` prompts count as kept from the start (they are never rejected themselves).
-    A candidate is rejected when its ROUGE-L F-measure with any kept prompt is > ``threshold``.
+    Each distinct text is tokenized once.
     """
-    t = _check_threshold(threshold)
-    candidates = _check_texts(candidates, "candidates")
-    existing = _check_texts(existing, "existing")
-
-    # --- tokens -> integer codes, cached per distinct text ---------------------------------
     tok = _tokenizer().tokenize
     vocab: dict[str, int] = {}
     text_codes: dict[str, tuple[int, ...]] = {}
@@ -253,10 +245,15 @@ def filter_near_duplicates(
 
     existing_codes = [encode(x) for x in existing]
     candidate_codes = [encode(x) for x in candidates]
-    n_vocab = max(len(vocab), 1)
+    return existing_codes, candidate_codes, max(len(vocab), 1)
 
-    # --- (token, occurrence) elements and their global order, rarest first ------------------
-    seq_count = Counter(c for c in (*existing_codes, *candidate_codes) if c)
+
+def _order_elements(
+    sequences: Sequence[tuple[int, ...]], n_vocab: int
+) -> tuple[dict[tuple[int, ...], tuple[int, ...]], dict[int, int]]:
+    """``(token, occurrence)`` elements of each distinct non-empty sequence, and their global
+    rank: rarest first, by document frequency over every sequence (repeats included)."""
+    seq_count = Counter(c for c in sequences if c)
     seq_elements: dict[tuple[int, ...], tuple[int, ...]] = {}
     df: Counter[int] = Counter()
     for codes, count in seq_count.items():
@@ -268,66 +265,83 @@ def filter_near_duplicates(
             elems.append(c + occ * n_vocab)
         seq_elements[codes] = tuple(elems)
         for e in elems:
-            df[e] += count  # document frequency over every prompt, repeats included
+            df[e] += count
     rank = {e: i for i, e in enumerate(sorted(df, key=lambda e: (df[e], e)))}
-    bounds = _Bounds(t, {len(c) for c in seq_count})
-    levels, prefix = bounds.levels, bounds.prefix
+    return seq_elements, rank
 
-    # --- the index over kept prompts: level -> signature key -> kept id(s) -------------------
-    postings: list[dict[int, Any]] = [{} for _ in range(_MAX_LEVEL + 1)]
-    kept_codes: list[tuple[int, ...]] = []
-    kept_elements: list[frozenset[int]] = []
-    kept_seqs: set[tuple[int, ...]] = set()
-    rejected_seqs: set[tuple[int, ...]] = set()
-    # The same kept prompts as arrays, for the vectorised overlap check of large probe results:
-    # up to _WIDTH element ranks per prompt (padding = n_ranks, never marked) and the length.
-    n_ranks = len(rank)
-    kept_ranks = np.full((len(seq_count), _WIDTH), n_ranks, dtype=np.int32)
-    kept_len = np.zeros(len(seq_count), dtype=np.intp)
-    marked = np.zeros(n_ranks + 1, dtype=bool)
 
-    def add_kept(codes: tuple[int, ...], ranks: list[int] | None = None) -> None:
-        if not codes or codes in kept_seqs:
+class _KeptIndex:
+    """The kept prompts, indexed for :meth:`near_duplicate` queries.
+
+    ``postings[level][key]`` lists the kept ids (one id as a bare int: most keys have one
+    prompt) indexed under that signature key. The same prompts are also stored as arrays for
+    the vectorised overlap check of large probe results: up to ``_WIDTH`` element ranks per
+    prompt (padding = ``n_ranks``, never marked) and the length.
+    """
+
+    def __init__(
+        self,
+        seq_elements: dict[tuple[int, ...], tuple[int, ...]],
+        rank: dict[int, int],
+        bounds: _Bounds,
+    ) -> None:
+        self.seq_elements = seq_elements
+        self.rank = rank
+        self.bounds = bounds
+        self.postings: list[dict[int, Any]] = [{} for _ in range(_MAX_LEVEL + 1)]
+        self.codes: list[tuple[int, ...]] = []
+        self.elements: list[frozenset[int]] = []
+        self.seqs: set[tuple[int, ...]] = set()
+        n_ranks = len(rank)
+        self.ranks = np.full((len(seq_elements), _WIDTH), n_ranks, dtype=np.int32)
+        self.lengths = np.zeros(len(seq_elements), dtype=np.intp)
+        self.marked = np.zeros(n_ranks + 1, dtype=bool)
+
+    def ranks_of(self, codes: tuple[int, ...]) -> list[int]:
+        """The sorted element ranks of a sequence (its prefix comes first)."""
+        rank = self.rank
+        return sorted(rank[e] for e in self.seq_elements[codes])
+
+    def add(self, codes: tuple[int, ...], ranks: list[int] | None = None) -> None:
+        """Keep ``codes``: index it under its signature keys at every level it may need."""
+        if not codes or codes in self.seqs:
             # Empty prompts score 0 with everything; an identical copy scores like the original.
             return
-        kept_seqs.add(codes)
-        elems = seq_elements[codes]
+        self.seqs.add(codes)
+        elems = self.seq_elements[codes]
         if ranks is None:
-            ranks = sorted(rank[e] for e in elems)
+            ranks = self.ranks_of(codes)
         n = len(codes)
-        kid = len(kept_codes)
-        kept_codes.append(codes)
-        kept_elements.append(frozenset(elems))
-        kept_ranks[kid, : min(n, _WIDTH)] = ranks[:_WIDTH]
-        kept_len[kid] = n
-        for k in levels[n]:
+        kid = len(self.codes)
+        self.codes.append(codes)
+        self.elements.append(frozenset(elems))
+        self.ranks[kid, : min(n, _WIDTH)] = ranks[:_WIDTH]
+        self.lengths[kid] = n
+        prefix, postings = self.bounds.prefix, self.postings
+        for k in self.bounds.levels[n]:
             index = postings[k]
             for key in _keys(ranks, prefix(n, k), k):
                 ids = index.get(key)
                 if ids is None:
-                    index[key] = kid  # one id as a bare int: most keys have one prompt
+                    index[key] = kid
                 elif type(ids) is int:
                     index[key] = [ids, kid]
                 else:
                     ids.append(kid)
 
-    for codes in existing_codes:
-        add_kept(codes)
+    def near_duplicate(self, codes: tuple[int, ...], ranks: list[int], t: float) -> bool:
+        """Whether a kept prompt's ROUGE-L F with the candidate ``codes`` is > ``t``."""
+        found = self._probe(ranks, len(codes))
+        if not found:
+            return False
+        survivors = self._filter(found, codes, ranks)
+        return bool(survivors) and self._any_above(codes, survivors, t)
 
-    identical_rejects = t < 1.0  # F of identical non-empty prompts is exactly 1.0
-    flags: list[bool] = []
-    for codes in candidate_codes:
-        m = len(codes)
-        if m == 0:
-            flags.append(True)
-            continue
-        if codes in rejected_seqs or (identical_rejects and codes in kept_seqs):
-            # Same tokens as a rejected candidate (whose culprit is still kept) or as a kept one.
-            flags.append(False)
-            continue
-        ranks = sorted(rank[e] for e in seq_elements[codes])
+    def _probe(self, ranks: list[int], m: int) -> set[int]:
+        """Kept ids sharing a signature key with a length-``m`` candidate at its levels."""
         found: set[int] = set()
-        for k in levels[m]:
+        prefix, postings = self.bounds.prefix, self.postings
+        for k in self.bounds.levels[m]:
             index = postings[k]
             for key in index.keys() & _keys(ranks, prefix(m, k), k):  # hits only, in C
                 ids = index[key]
@@ -335,46 +349,93 @@ def filter_near_duplicates(
                     found.add(ids)
                 else:
                     found.update(ids)
-        keep = True
-        if found:
-            need_list, need_array = bounds.need_row(m)
-            if len(found) > _VECTOR_MIN:
-                # Length and overlap filters for all proposed pairs at once: overlap is counted
-                # on the stored ranks, plus every unstored element (an upper bound).
-                ids_array = np.fromiter(found, dtype=np.intp, count=len(found))
-                own = np.array(ranks, dtype=np.intp)
-                marked[own] = True
-                overlap = np.count_nonzero(marked.take(kept_ranks.take(ids_array, axis=0)), axis=1)
-                marked[own] = False
-                lens = kept_len.take(ids_array)
-                overlap += np.maximum(lens - _WIDTH, 0)
-                survivors = ids_array[overlap >= need_array.take(lens)].tolist()
-            else:
-                elem_set = frozenset(seq_elements[codes])
-                survivors = [
-                    kid
-                    for kid in found
-                    if len(elem_set & kept_elements[kid]) >= need_list[len(kept_codes[kid])]
-                ]
-            if survivors:
-                masks: dict[int, int] = {}
-                for i, c in enumerate(codes):
-                    masks[c] = masks.get(c, 0) | (1 << i)
-                full = (1 << m) - 1
-                for kid in survivors:
-                    other = kept_codes[kid]
-                    n = len(other)
-                    lcs = _lcs_length(masks, full, m, other)
-                    # target = kept prompt, prediction = candidate, as in reference_filter.
-                    if lcs >= need_list[n] and _rouge_f(lcs, n, m) > t:
-                        keep = False
-                        break
+        return found
+
+    def _filter(self, found: set[int], codes: tuple[int, ...], ranks: list[int]) -> list[int]:
+        """The proposed ids that pass the length and overlap filters."""
+        need_list, need_array = self.bounds.need_row(len(codes))
+        if len(found) > _VECTOR_MIN:
+            # All proposed pairs at once: overlap is counted on the stored ranks, plus every
+            # unstored element (an upper bound).
+            ids_array = np.fromiter(found, dtype=np.intp, count=len(found))
+            own = np.array(ranks, dtype=np.intp)
+            marked = self.marked
+            marked[own] = True
+            overlap = np.count_nonzero(marked.take(self.ranks.take(ids_array, axis=0)), axis=1)
+            marked[own] = False
+            lens = self.lengths.take(ids_array)
+            overlap += np.maximum(lens - _WIDTH, 0)
+            return ids_array[overlap >= need_array.take(lens)].tolist()
+        elem_set = frozenset(self.seq_elements[codes])
+        elements, kept_codes = self.elements, self.codes
+        return [
+            kid for kid in found if len(elem_set & elements[kid]) >= need_list[len(kept_codes[kid])]
+        ]
+
+    def _any_above(self, codes: tuple[int, ...], survivors: list[int], t: float) -> bool:
+        """Exact check of the survivors: integer LCS, then rouge-score's float F ``> t``."""
+        m = len(codes)
+        need_list, _ = self.bounds.need_row(m)
+        masks: dict[int, int] = {}
+        for i, c in enumerate(codes):
+            masks[c] = masks.get(c, 0) | (1 << i)
+        full = (1 << m) - 1
+        for kid in survivors:
+            other = self.codes[kid]
+            n = len(other)
+            lcs = _lcs_length(masks, full, m, other)
+            # target = kept prompt, prediction = candidate, as in reference_filter.
+            if lcs >= need_list[n] and _rouge_f(lcs, n, m) > t:
+                return True
+        return False
+
+
+def _decide(candidate_codes: list[tuple[int, ...]], index: _KeptIndex, t: float) -> list[bool]:
+    """Keep flags, in order; each kept candidate joins ``index`` before the next is decided."""
+    identical_rejects = t < 1.0  # F of identical non-empty prompts is exactly 1.0
+    rejected_seqs: set[tuple[int, ...]] = set()
+    flags: list[bool] = []
+    for codes in candidate_codes:
+        if not codes:
+            flags.append(True)
+            continue
+        if codes in rejected_seqs or (identical_rejects and codes in index.seqs):
+            # Same tokens as a rejected candidate (whose culprit is still kept) or as a kept one.
+            flags.append(False)
+            continue
+        ranks = index.ranks_of(codes)
+        keep = not index.near_duplicate(codes, ranks, t)
         flags.append(keep)
         if keep:
-            add_kept(codes, ranks)
+            index.add(codes, ranks)
         else:
             rejected_seqs.add(codes)
     return flags
+
+
+def filter_near_duplicates(
+    candidates: Sequence[str],
+    existing: Sequence[str] = (),
+    threshold: float = DEFAULT_THRESHOLD,
+) -> list[bool]:
+    """Keep flag per candidate, in input order: exactly :func:`reference_filter`'s decisions.
+
+    ``existing`` prompts count as kept from the start (they are never rejected themselves).
+    A candidate is rejected when its ROUGE-L F-measure with any kept prompt is > ``threshold``.
+    The steps: tokens to integer codes (:func:`_encode_texts`), one global element order
+    (:func:`_order_elements`), the bounds of the threshold (:class:`_Bounds`), the index of
+    kept prompts seeded with ``existing`` (:class:`_KeptIndex`), then the candidates in order
+    (:func:`_decide`).
+    """
+    t = _check_threshold(threshold)
+    candidates = _check_texts(candidates, "candidates")
+    existing = _check_texts(existing, "existing")
+    existing_codes, candidate_codes, n_vocab = _encode_texts(existing, candidates)
+    seq_elements, rank = _order_elements([*existing_codes, *candidate_codes], n_vocab)
+    index = _KeptIndex(seq_elements, rank, _Bounds(t, {len(c) for c in seq_elements}))
+    for codes in existing_codes:
+        index.add(codes)
+    return _decide(candidate_codes, index, t)
 
 
 # --- files ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from selma_ray import layout
 from selma_ray.config import PromptsConfig
 from selma_ray.prompts.dedup import filter_near_duplicates
 from selma_ray.prompts.engines.base import GenerationRequest, PromptEngine, as_completion
@@ -32,7 +33,6 @@ from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
 
-STAGE_DIR = "prompts"
 
 
 @dataclass
@@ -87,7 +87,7 @@ class SkillState:
 
 
 def _state_path(skill: str) -> tuple[str, str]:
-    return (STAGE_DIR, "state", f"{skill}.json")
+    return layout.prompts_state(f"{skill}.json")
 
 
 def load_state(run_dir: RunDir, skill: str) -> SkillState:
@@ -250,7 +250,7 @@ def write_outputs(
 
     stats: dict[str, Any] = {}
     for name, state in states.items():
-        run_dir.write_jsonl(state.rows, STAGE_DIR, f"{name}.jsonl")
+        run_dir.write_jsonl(state.rows, *layout.prompts_file(name))
         table = pa.table(
             {
                 **{c: [r[c] for r in state.rows] for c in PARQUET_COLUMNS if c != "questions"},
@@ -274,9 +274,9 @@ def write_outputs(
         )
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        run_dir.write_bytes(buf.getvalue(), STAGE_DIR, f"{name}.parquet")
+        run_dir.write_bytes(buf.getvalue(), *layout.prompts_file(name, "parquet"))
         stats[name] = state.stats(cfg.num_prompts)
-    run_dir.write_json(stats, STAGE_DIR, "stats.json")
+    run_dir.write_json(stats, *layout.prompts_stats())
     return stats
 
 
@@ -291,4 +291,4 @@ def shortfalls(stats: dict[str, Any]) -> list[str]:
 
 def read_prompts(run_dir: RunDir, skill: str) -> list[dict[str, Any]]:
     """The accepted prompts of one skill, as written by :func:`generate_prompts`."""
-    return run_dir.read_jsonl(STAGE_DIR, f"{skill}.jsonl")
+    return run_dir.read_jsonl(*layout.prompts_file(skill))

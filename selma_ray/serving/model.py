@@ -1,29 +1,31 @@
-"""The served model: one diffusers pipeline holding every LoRA of a run, and its Serve deployment.
+"""The served model, without Ray: a run's variants and one diffusers pipeline holding them all.
 
-Variants of a run directory (:func:`discover_variants`): ``base`` (no LoRA), ``merged``
-(``merged/pytorch_lora_weights.safetensors``) and one per skill expert
-(``experts/<skill>/pytorch_lora_weights.safetensors``). Only ``.safetensors`` files are ever
-loaded; a directory that holds a pickle ``.bin`` instead is refused, and each file is copied
-alone into a fresh temporary directory before ``load_lora_weights`` sees it.
+Owns what a replica serves: :func:`discover_variants` reads a finished run directory (paths
+from :mod:`selma_ray.layout`) into a :class:`ModelSpec`; :class:`VariantPipeline` loads it;
+:class:`PipelineWorker` runs it off the event loop. The Ray Serve deployment that hosts them
+is ``ImageModel`` in the Ray layer (``distributed/serve.py``).
+
+Variants: ``base`` (no LoRA), ``merged`` (the merge stage's LoRA, if present) and one per
+skill expert, named after the skill. Only ``.safetensors`` files are ever loaded; a folder
+that holds a pickle ``.bin`` instead is refused, and each file is copied alone into a fresh
+temporary directory before ``load_lora_weights`` sees it.
 
 Design (switching variants): :class:`VariantPipeline` loads the base pipeline ONCE and every
 adapter into it ONCE (``load_lora_weights(dir, adapter_name=...)``). A request for a variant
 then only flips which adapter is active: ``enable_lora()`` + ``set_adapters([name])``, or
-``disable_lora()`` for ``base`` — a few milliseconds of Python over the LoRA layers, no weights
-are moved, fused or reloaded (``benchmarks/serve.py`` measures it), and the switch is skipped
-when the variant is already active. The cost is memory: all adapters stay resident (a rank-128
-SD-1.5 LoRA is ~100-200 MB).
+``disable_lora()`` for ``base``; no weights are moved, fused or reloaded
+(``benchmarks/serve.py`` measures the switch), and the switch is skipped when the variant is
+already active. The cost is memory: all adapters stay resident.
 
 Isolation: the adapter state is global to the pipeline, so activate-then-denoise must be atomic.
-Each replica serialises requests: :class:`ImageModel` runs every generation on ONE worker thread
-(a single-thread executor) and :class:`VariantPipeline` holds a lock around switch + denoise,
-so concurrent requests for different variants never see each other's adapters. We chose this
-over ``@serve.batch`` grouping per variant because batching makes an image's bytes depend on
-which other requests shared its UNet call (batched and single calls differ by ~1e-6, which flips
-uint8 roundings): with one request per pipeline call, the same request (variant, prompt, seed,
-size, steps) gives byte-identical PNGs whatever else the server is doing. Throughput comes from
-replicas (autoscaling) instead; a request's ``n`` images are still drawn in one batched call.
-Replica concurrency (``max_ongoing_requests``) only lets requests wait inside the replica.
+:class:`VariantPipeline` holds a lock around switch + denoise, and :class:`PipelineWorker` runs
+every generation on ONE worker thread, so concurrent requests for different variants never see
+each other's adapters. We chose this over grouping requests per variant into one batch because
+batching makes an image's bytes depend on which other requests shared its UNet call (batched
+and single calls differ in the last float bits, which flips uint8 roundings): with one request
+per pipeline call, the same request (variant, prompt, seed, size, steps) gives byte-identical
+PNGs whatever else the server is doing. Throughput comes from replicas instead; a request's
+``n`` images are still drawn in one batched call.
 """
 
 from __future__ import annotations
@@ -43,9 +45,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ray import serve
-
-from selma_ray.serving.api import Defaults, GenerationJob
+from selma_ray import layout
+from selma_ray.serving.api import Defaults, GenerationJob, Limits
 from selma_ray.storage import RunDir
 
 if TYPE_CHECKING:
@@ -57,23 +58,19 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BASE",
-    "EXPERTS_DIR",
-    "LORA_FILE",
     "MERGED",
-    "MERGED_DIR",
-    "ImageModel",
     "ModelSpec",
+    "PipelineWorker",
     "VariantPipeline",
     "adapter_name",
     "discover_variants",
+    "load_run_config",
     "make_random_run_dir",
 ]
 
+#: Model names of the API (not paths): the base model without LoRA, and the merged LoRA.
 BASE = "base"
 MERGED = "merged"
-EXPERTS_DIR = "experts"
-MERGED_DIR = "merged"
-LORA_FILE = "pytorch_lora_weights.safetensors"
 #: Pickle formats that are never loaded (they can run code on load).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: Allowed expert (skill) names: they become model names in the API.
@@ -84,8 +81,8 @@ VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class ModelSpec:
     """Everything a replica needs to build the served pipeline (plain, picklable data).
 
-    ``adapters`` maps variant -> path of its ``.safetensors`` file inside the run directory;
-    ``kinds`` maps every variant to ``base`` / ``merged`` / ``expert``.
+    ``adapters`` maps variant -> '/'-joined path of its ``.safetensors`` file inside the run
+    directory; ``kinds`` maps every variant to ``base`` / ``merged`` / ``expert``.
     """
 
     run_dir: str
@@ -120,51 +117,55 @@ def _base_model(cfg: SelmaConfig) -> str:
     return cfg.train.base_model or cfg.images.model
 
 
-def _check_safetensors(rd: RunDir, folder: str, what: str) -> str | None:
-    """``folder/pytorch_lora_weights.safetensors`` if present; refuse pickle-only folders."""
-    if rd.exists(folder, LORA_FILE):
-        return f"{folder}/{LORA_FILE}"
-    pickles = [n for n in rd.listdir(folder) if n.endswith(PICKLE_SUFFIXES)]
+def _check_safetensors(rd: RunDir, lora: layout.Parts, what: str) -> str | None:
+    """The '/'-joined path of ``lora`` if present; refuse a folder holding only pickles."""
+    if rd.exists(*lora):
+        return "/".join(lora)
+    folder = lora[:-1]
+    pickles = [n for n in rd.listdir(*folder) if n.endswith(PICKLE_SUFFIXES)]
     if pickles:
         msg = (
-            f"{what} in {rd.url(folder)} has only pickle weights {pickles}, which are never "
-            f"loaded (they can run code); re-export it as {LORA_FILE} (safe_serialization=True)"
+            f"{what} in {rd.url(*folder)} has only pickle weights {pickles}, which are never "
+            f"loaded (they can run code); re-export it as {layout.LORA_FILE} "
+            "(safe_serialization=True)"
         )
         raise ValueError(msg)
     return None
 
 
-def _check_base(rd: RunDir, folder: str, meta_file: str, base_model: str) -> None:
-    if not rd.exists(folder, meta_file):
+def _check_base(rd: RunDir, meta: layout.Parts, base_model: str) -> None:
+    """Refuse an adapter whose metadata records another base model than the run serves."""
+    if not rd.exists(*meta):
         return
-    meta = rd.read_json(folder, meta_file)
-    recorded = meta.get("base_model") if isinstance(meta, dict) else None
+    data = rd.read_json(*meta)
+    recorded = data.get("base_model") if isinstance(data, dict) else None
     if recorded and recorded != base_model:
         msg = (
-            f"{rd.url(folder, meta_file)} was trained on base_model {recorded!r} but the run's "
-            f"config serves {base_model!r} (train.base_model or images.model); fix config.yaml "
-            "or remove the adapter"
+            f"{rd.url(*meta)} was trained on base_model {recorded!r} but the run's config "
+            f"serves {base_model!r} (train.base_model or images.model); fix "
+            f"{layout.CONFIG_FILE} or remove the adapter"
         )
         raise ValueError(msg)
 
 
 def load_run_config(run_dir: RunDir) -> SelmaConfig:
-    """The resolved config a run saved (``config.yaml``); FileNotFoundError says what to give."""
+    """The resolved config a run saved; FileNotFoundError says what to give instead."""
     from selma_ray.config import load_config
 
-    if not run_dir.exists("config.yaml"):
+    if not run_dir.exists(*layout.config()):
         msg = (
-            f"{run_dir.url('config.yaml')} does not exist: give run_dir=<a run directory written "
-            "by `selma-ray run`> (it holds config.yaml, experts/ and merged/)"
+            f"{run_dir.url(*layout.config())} does not exist: give run_dir=<a run directory "
+            f"written by `selma-ray run`> (it holds {layout.CONFIG_FILE}, "
+            f"{'/'.join(layout.experts_dir())}/ and {'/'.join(layout.merged_dir())}/)"
         )
         raise FileNotFoundError(msg)
-    return load_config(run_dir.url("config.yaml"))
+    return load_config(run_dir.url(*layout.config()))
 
 
 def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> ModelSpec:
     """The variants of a finished run directory: base, merged (if any), one per expert.
 
-    ``cfg`` defaults to the run's ``config.yaml``. Expert folders without weights (training not
+    ``cfg`` defaults to the run's saved config. Expert folders without weights (training not
     finished) are skipped with a warning; pickle-only folders, invalid names and adapters
     recorded for another base model raise :class:`ValueError` naming the path.
     """
@@ -175,30 +176,29 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
     adapters: dict[str, str] = {}
     kinds: dict[str, str] = {BASE: "base"}
     merged = None
-    if rd.exists(MERGED_DIR):
-        merged = _check_safetensors(rd, MERGED_DIR, "the merged LoRA")
+    if rd.exists(*layout.merged_dir()):
+        merged = _check_safetensors(rd, layout.merged_lora(), "the merged LoRA")
     if merged:
-        _check_base(rd, MERGED_DIR, "merge.json", base_model)
+        _check_base(rd, layout.merged_meta(), base_model)
         adapters[MERGED] = merged
         kinds[MERGED] = "merged"
-    for skill in rd.listdir(EXPERTS_DIR):
-        if not rd.fs.isdir(rd.path(EXPERTS_DIR, skill)):
+    for skill in rd.listdir(*layout.experts_dir()):
+        if not rd.fs.isdir(rd.path(*layout.expert_dir(skill))):
             continue
         if not VARIANT_RE.match(skill) or skill in (BASE, MERGED):
             msg = (
-                f"expert folder {rd.url(EXPERTS_DIR, skill)!r}: {skill!r} cannot be a model name; "
-                f"rename the skill to match {VARIANT_RE.pattern} and not 'base' / 'merged'"
+                f"expert folder {rd.url(*layout.expert_dir(skill))!r}: {skill!r} cannot be a "
+                f"model name; rename the skill to match {VARIANT_RE.pattern} and not "
+                f"{BASE!r} / {MERGED!r}"
             )
             raise ValueError(msg)
-        path = _check_safetensors(rd, f"{EXPERTS_DIR}/{skill}", f"expert {skill!r}")
+        path = _check_safetensors(rd, layout.expert_lora(skill), f"expert {skill!r}")
         if path is None:
-            log.warning("expert %s has no %s yet (unfinished?); not served", skill, LORA_FILE)
+            log.warning("expert %s has no %s (unfinished?); not served", skill, layout.LORA_FILE)
             continue
-        _check_base(rd, f"{EXPERTS_DIR}/{skill}", "expert.json", base_model)
+        _check_base(rd, layout.expert_meta(skill), base_model)
         adapters[skill] = path
         kinds[skill] = "expert"
-    from selma_ray.serving.api import Limits
-
     limits = Limits.from_config(cfg.serve)
     return ModelSpec(
         run_dir=rd.uri,
@@ -208,7 +208,7 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
         cache_dir=cfg.storage.cache_dir,
         adapters=adapters,
         kinds=kinds,
-        defaults=Defaults.from_images_config(cfg.images, limits),
+        defaults=Defaults.from_images_config(cfg.variant_images(), limits),
     )
 
 
@@ -235,7 +235,7 @@ def _quiet_lora_loading() -> Iterator[None]:
 
 
 class VariantPipeline:
-    """A diffusers pipeline with every adapter of a :class:`ModelSpec` loaded once (no Ray).
+    """A diffusers pipeline with every adapter of a :class:`ModelSpec` loaded once.
 
     :meth:`generate` is thread-safe: switching the active adapter and denoising happen under one
     lock. ``torch_threads`` (if given) is applied in whichever thread generates.
@@ -259,8 +259,13 @@ class VariantPipeline:
         t0 = time.perf_counter()
         self.spec = spec
         self.device = device or default_device()
-        cfg = {"model": spec.base_model, "dtype": dtype or spec.dtype, "attention": spec.attention}
-        self.pipe = load_pipeline(cfg, cache_dir=spec.cache_dir, device=self.device)
+        self.pipe = load_pipeline(
+            spec.base_model,
+            dtype=dtype or spec.dtype,
+            attention=spec.attention,
+            cache_dir=spec.cache_dir,
+            device=self.device,
+        )
         self.load_seconds = time.perf_counter() - t0
         self.adapter_names: dict[str, str] = {}
         rd = RunDir(spec.run_dir)
@@ -290,12 +295,12 @@ class VariantPipeline:
         name = adapter_name(variant)
         with tempfile.TemporaryDirectory(prefix="selma-lora-") as tmp:
             # the file alone, so nothing else in its folder (e.g. a .bin) can be picked up
-            with open(os.path.join(tmp, LORA_FILE), "wb") as f:
+            with open(os.path.join(tmp, layout.LORA_FILE), "wb") as f:
                 f.write(rd.read_bytes(*rel_path.split("/")))
             try:
                 with _quiet_lora_loading():
                     self.pipe.load_lora_weights(
-                        tmp, weight_name=LORA_FILE, adapter_name=name, use_safetensors=True
+                        tmp, weight_name=layout.LORA_FILE, adapter_name=name, use_safetensors=True
                     )
             except (ValueError, RuntimeError, KeyError) as e:
                 msg = (
@@ -365,41 +370,23 @@ class VariantPipeline:
         return [encode_image(pixels, "png") for pixels in self.draw(job)]
 
 
-# --------------------------------------------------------------------------- Serve deployment
+class PipelineWorker:
+    """A :class:`VariantPipeline` behind ONE worker thread, awaitable from an event loop.
 
+    Generations run one at a time, off the loop (which keeps answering health checks and
+    queueing requests); :meth:`generate` has the signature the HTTP app takes as its backend.
+    """
 
-@serve.deployment(name="SelmaImageModel")
-class ImageModel:
-    """Serve deployment around :class:`VariantPipeline`; options are set by ``build_app``."""
-
-    def __init__(
-        self,
-        spec: ModelSpec,
-        device: str | None = None,
-        torch_threads: int | None = None,
-        dtype: str | None = None,
-    ) -> None:
-        self.engine = VariantPipeline(spec, device=device, torch_threads=torch_threads, dtype=dtype)
-        # one worker thread: the replica's generations run one at a time, off the event loop
+    def __init__(self, engine: VariantPipeline) -> None:
+        self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selma-generate")
-        log.info(
-            "SelmaImageModel ready: %s on %s (pipeline %.1fs, %d adapters %.1fs)",
-            list(spec.variants),
-            self.engine.device,
-            self.engine.load_seconds,
-            len(spec.adapters),
-            self.engine.adapter_load_seconds,
-        )
 
-    async def generate(self, job: dict[str, Any]) -> list[bytes]:
+    async def generate(self, job: GenerationJob | Mapping[str, Any]) -> list[bytes]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.engine.generate, job)
 
-    def variants(self) -> list[str]:
-        return list(self.engine.variants)
-
-    def stats(self) -> dict[str, float]:
-        return dict(self.engine.stats)
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- demo run dirs
@@ -418,9 +405,10 @@ def make_random_run_dir(
 ) -> ModelSpec:
     """Write a servable run directory with random LoRAs (tests, benchmarks, smoke checks).
 
-    ``config.yaml`` (images.model = ``base_model``), one random expert per skill and, if
-    ``merged``, a random merged LoRA, each saved with :func:`~selma_ray.training.lora.save_lora`.
-    Every LoRA tensor (A and B) is ``scale * N(0, 1)`` so each variant visibly changes images.
+    The run's config (images.model = ``base_model``), one random expert per skill and, if
+    ``merged``, a random merged LoRA, each saved with :func:`~selma_ray.training.lora.save_lora`
+    with its metadata file. Every LoRA tensor (A and B) is ``scale * N(0, 1)`` so each variant
+    visibly changes images.
     """
     import torch
     from diffusers import UNet2DConditionModel
@@ -436,13 +424,14 @@ def make_random_run_dir(
         "serve": dict(serve_overrides or {}),
     }
     cfg = SelmaConfig.model_validate(data)
-    rd.write_text(cfg.to_yaml(), "config.yaml")
+    rd.write_text(cfg.to_yaml(), *layout.config())
     unet = UNet2DConditionModel.from_pretrained(resolve_model(base_model), subfolder="unet")
     add_lora(unet, rank, float(rank))
-    targets = [(f"{EXPERTS_DIR}/{s}", "expert.json", {"skill": s}) for s in skills]
+    targets = [(layout.expert_lora(s), layout.expert_meta(s), {"skill": s}) for s in skills]
     if merged:
-        targets.append((MERGED_DIR, "merge.json", {"method": "random", "experts": list(skills)}))
-    for i, (folder, meta_file, meta) in enumerate(targets):
+        meta = {"method": "random", "experts": list(skills)}
+        targets.append((layout.merged_lora(), layout.merged_meta(), meta))
+    for i, (lora, meta_file, meta) in enumerate(targets):
         gen = torch.Generator().manual_seed(seed * 1000 + i)
         with torch.no_grad():
             for name, p in unet.named_parameters():
@@ -451,6 +440,6 @@ def make_random_run_dir(
         with tempfile.TemporaryDirectory() as tmp:
             path = save_lora(unet, tmp)
             with open(path, "rb") as f:
-                rd.write_bytes(f.read(), *folder.split("/"), LORA_FILE)
-        rd.write_json({**meta, "base_model": base_model, "weights": LORA_FILE}, folder, meta_file)
+                rd.write_bytes(f.read(), *lora)
+        rd.write_json({**meta, "base_model": base_model, "weights": lora[-1]}, *meta_file)
     return discover_variants(rd, cfg)

@@ -1,7 +1,10 @@
 """SELMA stage 3 core: train one LoRA expert per skill from its imagefolder, without Ray.
 
 * :mod:`selma_ray.training.data`: imagefolder -> (image, caption) pairs, held-out split, pixels.
-* :mod:`selma_ray.training.cache`: base-model components, VAE / text encoding, the input cache.
+* :mod:`selma_ray.training.components`: loading a base model's frozen parts.
+* :mod:`selma_ray.training.inputs`: VAE / text encoding, :class:`EncodedInputs`, batches.
+* :mod:`selma_ray.training.store`: the on-disk input cache (key, files, reuse or rebuild).
+* :mod:`selma_ray.training.encoder`: :class:`CacheEncoder`, the encoding pass over skills.
 * :mod:`selma_ray.training.lora`: LoRA adapters, the denoising loss, state copies, export.
 * :mod:`selma_ray.training.loop`: :func:`train_expert`, the :class:`Reporter` protocol,
   :class:`LocalReporter`, :class:`ExpertCheckpoint`, :class:`ExpertResult`.
@@ -19,12 +22,17 @@ _EXPORTS = {
     "preprocess": "data",
     "split_holdout": "data",
     "write_synthetic_skill": "data",
-    "CacheEncoder": "cache",
-    "Components": "cache",
-    "EncodedInputs": "cache",
-    "encode_pairs": "cache",
-    "load_components": "cache",
-    "load_or_build_cache": "cache",
+    "Components": "components",
+    "load_components": "components",
+    "EncodedInputs": "inputs",
+    "OnTheFlyInputs": "inputs",
+    "encode_pairs": "inputs",
+    "CacheInfo": "store",
+    "cache_is_current": "store",
+    "cache_key": "store",
+    "cache_uri": "store",
+    "load_or_build_cache": "store",
+    "CacheEncoder": "encoder",
     "add_lora": "lora",
     "load_lora_state": "lora",
     "lora_state": "lora",
@@ -39,14 +47,19 @@ _EXPORTS = {
 
 __all__ = [
     "CacheEncoder",
+    "CacheInfo",
     "Components",
     "EncodedInputs",
     "ExpertCheckpoint",
     "ExpertResult",
     "LocalReporter",
+    "OnTheFlyInputs",
     "Pair",
     "Reporter",
     "add_lora",
+    "cache_is_current",
+    "cache_key",
+    "cache_uri",
     "encode_pairs",
     "load_components",
     "load_lora_state",

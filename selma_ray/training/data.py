@@ -1,10 +1,12 @@
-"""Stage-3 inputs: a skill's imagefolder -> (image, caption) pairs, a held-out split, pixels.
+"""Owns stage 3's raw inputs: a skill's imagefolder as (image, caption) pairs, the held-out
+split and the pixel recipe.
 
-``load_pairs`` reads ``<run_dir>/images/<skill>/metadata.jsonl`` and the image files it names
-through fsspec (local paths, ``memory://``, cloud URIs). A bad input never stops training: a
-missing file, an image that does not decode, a metadata line that is not JSON or lacks a field,
-a repeated file name or a line of another skill is skipped and counted by reason. Only a skill
-with nothing usable raises, naming the skill and the folder.
+``load_pairs`` reads the skill's imagefolder metadata (:func:`selma_ray.layout.images_metadata`)
+and the image files it names (under :func:`selma_ray.layout.images_dir`) through fsspec (local
+paths, ``memory://``, cloud URIs). A bad input never stops training: a missing file, an image
+that does not decode, a metadata line that is not JSON or lacks a field, a repeated file name or
+a line of another skill is skipped and counted by reason. Only a skill with nothing usable
+raises, naming the skill and the folder.
 
 ``split_holdout`` is a pure function of ``(prompt_id, seed)``: all images of one prompt land on
 the same side, so the validation loss never scores a prompt the expert trained on.
@@ -20,7 +22,6 @@ import hashlib
 import io
 import json
 import math
-import posixpath
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from selma_ray import layout
 from selma_ray.seeds import subseed
 
 if TYPE_CHECKING:
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
     from selma_ray.storage import RunDir
 
 __all__ = [
-    "METADATA_FILE",
     "CropInfo",
     "Pair",
     "files_hash",
@@ -52,7 +53,6 @@ __all__ = [
     "write_synthetic_skill",
 ]
 
-METADATA_FILE = "metadata.jsonl"
 #: Concurrent image reads on remote filesystems (object stores are latency-bound).
 _FETCH_THREADS = 16
 
@@ -119,27 +119,11 @@ def _fetch_all(run_dir: RunDir, paths: list[str]) -> list[bytes | None]:
         return list(pool.map(fetch, paths))
 
 
-def load_pairs(run_dir: RunDir, skill: str) -> tuple[list[Pair], dict[str, int]]:
-    """All usable (image, caption) pairs of ``skill``, sorted by file name, and the skips by reason.
-
-    Reasons: ``bad_metadata`` (not JSON, or no ``file_name`` / ``text``), ``other_skill``,
-    ``duplicate`` (file name seen before), ``missing`` (file absent or unreadable), ``corrupt``
-    (does not decode as an image). Raises :class:`ValueError` naming the skill and the folder
-    when nothing is usable.
-    """
-    folder = run_dir.path("images", skill)
-    where = f"skill {skill!r}: imagefolder {run_dir.url('images', skill)}"
-    if not run_dir.exists("images", skill, METADATA_FILE):
-        msg = (
-            f"{where} has no {METADATA_FILE}; run the images stage for this skill first "
-            "(or remove the skill from prompts.skills)"
-        )
-        raise ValueError(msg)
-
-    skipped: Counter[str] = Counter()
+def _read_rows(run_dir: RunDir, skill: str, skipped: Counter[str]) -> list[dict[str, Any]]:
+    """The usable metadata rows of ``skill``, in file order; counts the others in ``skipped``."""
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for line in run_dir.read_text("images", skill, METADATA_FILE).splitlines():
+    for line in run_dir.read_text(*layout.images_metadata(skill)).splitlines():
         if not line.strip():
             continue
         try:
@@ -164,10 +148,13 @@ def load_pairs(run_dir: RunDir, skill: str) -> tuple[list[Pair], dict[str, int]]
             continue
         seen.add(row["file_name"])
         rows.append(row)
+    return rows
 
-    paths = [posixpath.join(folder, r["file_name"]) for r in rows]
-    fetched = _fetch_all(run_dir, paths)
 
+def _to_pairs(
+    rows: list[dict[str, Any]], fetched: list[bytes | None], skipped: Counter[str]
+) -> list[Pair]:
+    """Pairs of the rows whose image bytes were read and decode; counts the others."""
     pairs: list[Pair] = []
     for row, data in zip(rows, fetched, strict=True):
         if not isinstance(data, bytes):
@@ -189,8 +176,31 @@ def load_pairs(run_dir: RunDir, skill: str) -> tuple[list[Pair], dict[str, int]]
                 data=data,
             )
         )
+    return pairs
+
+
+def load_pairs(run_dir: RunDir, skill: str) -> tuple[list[Pair], dict[str, int]]:
+    """All usable (image, caption) pairs of ``skill``, sorted by file name, and the skips by reason.
+
+    Reasons: ``bad_metadata`` (not JSON, or no ``file_name`` / ``text``), ``other_skill``,
+    ``duplicate`` (file name seen before), ``missing`` (file absent or unreadable), ``corrupt``
+    (does not decode as an image). Raises :class:`ValueError` naming the skill and the folder
+    when nothing is usable.
+    """
+    where = f"skill {skill!r}: imagefolder {run_dir.url(*layout.images_dir(skill))}"
+    if not run_dir.exists(*layout.images_metadata(skill)):
+        msg = (
+            f"{where} has no {layout.METADATA_FILE}; run the images stage for this skill first "
+            "(or remove the skill from prompts.skills)"
+        )
+        raise ValueError(msg)
+    skipped: Counter[str] = Counter()
+    rows = _read_rows(run_dir, skill, skipped)
+    paths = [run_dir.path(*layout.images_dir(skill, r["file_name"])) for r in rows]
+    pairs = _to_pairs(rows, _fetch_all(run_dir, paths), skipped)
     if not pairs:
-        detail = f"; skipped {dict(skipped)}" if skipped else f"; {METADATA_FILE} lists no images"
+        listed = f"; {layout.METADATA_FILE} lists no images"
+        detail = f"; skipped {dict(skipped)}" if skipped else listed
         msg = f"{where} has no usable image/caption pairs{detail}. Regenerate the images stage"
         raise ValueError(msg)
     pairs.sort(key=lambda p: p.file_name)
@@ -314,8 +324,8 @@ def write_synthetic_skill(
 ) -> list[dict[str, Any]]:
     """Write a small random imagefolder for ``skill`` (smooth colour fields + captions).
 
-    For tests and benchmarks only: the same layout as the images stage (image files and
-    ``metadata.jsonl``). ``size`` is ``(width, height)`` or one side. Returns the metadata rows.
+    For tests and benchmarks only: the same layout as the images stage (image files and the
+    imagefolder metadata). ``size`` is ``(width, height)`` or one side. Returns the metadata rows.
     """
     from PIL import Image
 
@@ -331,7 +341,7 @@ def write_synthetic_skill(
             name = f"{i:05d}_{j}.png"
             buf = io.BytesIO()
             image.save(buf, format="PNG")
-            run_dir.write_bytes(buf.getvalue(), "images", skill, name)
+            run_dir.write_bytes(buf.getvalue(), *layout.images_dir(skill, name))
             rows.append(
                 {
                     "file_name": name,
@@ -343,5 +353,5 @@ def write_synthetic_skill(
                     "model": model,
                 }
             )
-    run_dir.write_jsonl(rows, "images", skill, METADATA_FILE)
+    run_dir.write_jsonl(rows, *layout.images_metadata(skill))
     return rows

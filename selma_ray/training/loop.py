@@ -1,4 +1,4 @@
-"""The expert training loop: one skill's LoRA, trained, validated, checkpointed and exported.
+"""Owns the expert training loop: one skill's LoRA, trained, validated, checkpointed, exported.
 
 :func:`train_expert` runs without Ray. The Ray Train layer calls it inside each worker with
 ``reporter`` (forwarding to ``ray.train.report``), ``wrap_model`` (``prepare_model`` for DDP),
@@ -22,8 +22,10 @@ out: ``val_source`` says which) and calls ``reporter.report(metrics, checkpoint_
 rank; rank 0 passes a temporary directory (valid only during the call: copy what you keep) that
 :meth:`ExpertCheckpoint.from_dir` reads back, other ranks pass None.
 
-Outputs (rank 0): ``experts/<skill>/pytorch_lora_weights.safetensors`` (the step with the
-lowest validation loss; ties keep the earlier step), ``expert.json`` and ``curves.json``.
+Outputs (rank 0), in the skill's expert directory (:func:`selma_ray.layout.expert_dir`): the
+LoRA of the step with the lowest validation loss (ties keep the earlier step;
+:func:`~selma_ray.layout.expert_lora`), its metadata (:func:`~selma_ray.layout.expert_meta`)
+and the loss curves (:func:`~selma_ray.layout.expert_curves`).
 """
 
 from __future__ import annotations
@@ -43,14 +45,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from selma_ray.training.cache import (
-    Components,
-    EncodedInputs,
-    OnTheFlyInputs,
-    encode_text,
-    load_components,
-    load_or_build_cache,
-)
+from selma_ray import layout
+from selma_ray.training.components import Components, load_components
 from selma_ray.training.data import (
     files_hash,
     load_pairs,
@@ -58,8 +54,8 @@ from selma_ray.training.data import (
     subseed,
     validation_slice,
 )
+from selma_ray.training.inputs import EncodedInputs, OnTheFlyInputs, encode_text
 from selma_ray.training.lora import (
-    LORA_WEIGHTS,
     add_lora,
     load_lora_state,
     lora_state,
@@ -67,6 +63,7 @@ from selma_ray.training.lora import (
     save_lora,
     unwrap,
 )
+from selma_ray.training.store import cache_uri, load_or_build_cache
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +72,7 @@ if TYPE_CHECKING:
 
     from selma_ray.config import TrainConfig
     from selma_ray.storage import RunDir
+    from selma_ray.training.data import Pair
 
 __all__ = [
     "VAL_TIMESTEPS",
@@ -311,8 +309,6 @@ class _Trainer:
         rank: int,
         model_cache_dir: str | None,
     ) -> None:
-        from selma_ray.models import resolve_model
-
         self.cfg = cfg
         self.skill = skill
         self.run_dir = run_dir
@@ -322,67 +318,95 @@ class _Trainer:
         self.world_size = world_size
         self.rank = rank
         self.amp_dtype = _amp_dtype(cfg, device)
+        self.te_lora = cfg.text_encoder_lora
         self.timings: dict[str, float] = {}
+        with self._timed("load_pairs_s"):
+            train_pairs, val_pairs = self._load_pairs()
+        with self._timed("load_model_s"):
+            self._load_model(model_cache_dir)
+        with self._timed("inputs_s"):
+            self.inputs = self._prepare_inputs(cache_dir)
+        self._choose_rows(train_pairs, val_pairs)
+        self._add_lora()
+        self._make_optimizer()
+        self._start_progress()
 
+    # -- setup steps, in the order __init__ runs them
+    @contextlib.contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        """Record the seconds the block took as ``timings[name]`` (when it succeeds)."""
         t0 = time.perf_counter()
-        self.pairs, self.skipped = load_pairs(run_dir, skill)
-        train_pairs, val_pairs = split_holdout(self.pairs, cfg.validation_fraction, seed)
+        yield
+        self.timings[name] = time.perf_counter() - t0
+
+    def _load_pairs(self) -> tuple[list[Pair], list[Pair]]:
+        """Read the skill's pairs; returns the (train, held-out) split of them."""
+        self.pairs, self.skipped = load_pairs(self.run_dir, self.skill)
+        split = split_holdout(self.pairs, self.cfg.validation_fraction, self.seed)
         self.image_models = sorted({p.model for p in self.pairs if p.model})
         self.files_hash = files_hash(self.pairs)
-        self.timings["load_pairs_s"] = time.perf_counter() - t0
+        return split
 
-        t0 = time.perf_counter()
-        self.model_path = resolve_model(base_model, model_cache_dir)
+    def _load_model(self, model_cache_dir: str | None) -> None:
+        """Load the base model's frozen components on the CPU (UNet in the AMP dtype)."""
+        from selma_ray.models import resolve_model
+
+        self.model_path = resolve_model(self.base_model, model_cache_dir)
         self.comps: Components = load_components(
             self.model_path, device="cpu", unet_dtype=self.amp_dtype or torch.float32
         )
-        self.timings["load_model_s"] = time.perf_counter() - t0
         self.sdxl = self.comps.kind == "sdxl"
-        self.te_lora = cfg.text_encoder_lora
 
-        # inputs: encode once (cache) or every batch
-        def encoders_on_device() -> Components:
-            for m in (self.comps.vae, *self.comps.text_encoders):
-                m.to(device)
-            return self.comps
+    def _encoders_on_device(self) -> Components:
+        """The components, with the VAE and text encoder(s) moved to the training device."""
+        for m in (self.comps.vae, *self.comps.text_encoders):
+            m.to(self.device)
+        return self.comps
 
-        t0 = time.perf_counter()
+    def _prepare_inputs(self, cache_dir: str | None) -> EncodedInputs | OnTheFlyInputs:
+        """The training inputs: encoded once (the cache) or every batch (``cache_inputs`` off)."""
+        cfg = self.cfg
         self.cache_info: dict[str, Any] = {"enabled": cfg.cache_inputs}
-        self.inputs: EncodedInputs | OnTheFlyInputs
         if cfg.cache_inputs:
-            uri = cache_dir or run_dir.url("cache", skill)
-            # usually built already by the stage's encoding pass; the encoders only move to
-            # the device when this worker must build it
-            inputs, info = load_or_build_cache(
-                uri,
-                self.pairs,
-                encoders_on_device,
-                model=base_model,
-                resolution=cfg.resolution,
-                center_crop=cfg.center_crop,
-                random_flip=cfg.random_flip,
-                seed=seed,
-                write=rank == 0,
-            )
-            self.inputs = inputs.to(device) if device.type == "cuda" else inputs
-            self.cache_info.update(uri=info.uri, built=info.built, seconds=round(info.seconds, 3))
-            # the encoded bytes are no longer needed; neither are the encoders on the GPU
-            self.pairs = [dataclasses.replace(p, data=b"") for p in self.pairs]
-            if device.type == "cuda":
-                idle = [self.comps.vae] + ([] if self.te_lora else self.comps.text_encoders)
-                for m in idle:
-                    m.to("cpu")
-        else:
-            self.inputs = OnTheFlyInputs(
-                encoders_on_device(),
-                self.pairs,
-                resolution=cfg.resolution,
-                center_crop=cfg.center_crop,
-                random_flip=cfg.random_flip,
-                seed=seed,
-            )
-        self.timings["inputs_s"] = time.perf_counter() - t0
+            return self._cached_inputs(cache_dir or cache_uri(self.run_dir, self.skill))
+        return OnTheFlyInputs(
+            self._encoders_on_device(),
+            self.pairs,
+            resolution=cfg.resolution,
+            center_crop=cfg.center_crop,
+            random_flip=cfg.random_flip,
+            seed=self.seed,
+        )
 
+    def _cached_inputs(self, uri: str) -> EncodedInputs:
+        """Read (or build, and on rank 0 write) the input cache at ``uri``."""
+        cfg, device = self.cfg, self.device
+        # usually built already by the stage's encoding pass; the encoders only move to the
+        # device when this worker must build it
+        inputs, info = load_or_build_cache(
+            uri,
+            self.pairs,
+            self._encoders_on_device,
+            model=self.base_model,
+            resolution=cfg.resolution,
+            center_crop=cfg.center_crop,
+            random_flip=cfg.random_flip,
+            seed=self.seed,
+            write=self.rank == 0,
+        )
+        if device.type == "cuda":
+            inputs = inputs.to(device)
+        self.cache_info.update(uri=info.uri, built=info.built, seconds=round(info.seconds, 3))
+        # the encoded bytes are no longer needed; neither are the encoders on the GPU
+        self.pairs = [dataclasses.replace(p, data=b"") for p in self.pairs]
+        if device.type == "cuda":
+            idle = [self.comps.vae] + ([] if self.te_lora else self.comps.text_encoders)
+            for m in idle:
+                m.to("cpu")
+        return inputs
+
+    def _choose_rows(self, train_pairs: list[Pair], val_pairs: list[Pair]) -> None:
+        """Training rows, and validation rows: the held-out pairs, else a training slice."""
         self.train_rows = self.inputs.rows_of([p.file_name for p in train_pairs])
         if val_pairs:
             self.val_rows = self.inputs.rows_of([p.file_name for p in val_pairs])
@@ -393,22 +417,25 @@ class _Trainer:
             log.warning(
                 "skill %r: no held-out prompts (validation_fraction=%s, %d prompt(s)); the "
                 "validation loss uses a fixed slice of %d training pair(s)",
-                skill,
-                cfg.validation_fraction,
+                self.skill,
+                self.cfg.validation_fraction,
                 len({p.prompt_id for p in self.pairs}),
                 len(self.val_rows),
             )
         self.n_train_prompts = len({p.prompt_id for p in train_pairs})
         self.n_val_prompts = len({p.prompt_id for p in val_pairs})
 
-        # LoRA (initialised on CPU from the seed, so the init does not depend on the device)
+    def _add_lora(self) -> None:
+        """LoRA layers, initialised on the CPU from the seed (so not device-dependent), then
+        the trained models on the device (with gradient checkpointing when asked, on CUDA)."""
+        cfg, device = self.cfg, self.device
         te = self.comps.text_encoder if self.te_lora else None
         te2 = self.comps.text_encoder_2 if self.te_lora else None
         for m in (te, te2):
             if m is not None:
                 m.to("cpu")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(subseed(seed, "lora-init") % (2**31))
+            torch.manual_seed(subseed(self.seed, "lora-init") % (2**31))
             self.params = add_lora(self.comps.unet, cfg.rank, cfg.alpha, te, te2)
         self.lora_models: tuple[nn.Module | None, nn.Module | None] = (te, te2)
         self.comps.unet.to(device)
@@ -420,15 +447,20 @@ class _Trainer:
             for m in (te, te2):
                 if m is not None:
                     m.gradient_checkpointing_enable()
+
+    def _make_optimizer(self) -> None:
+        """AdamW over the LoRA parameters; a gradient scaler for fp16."""
         self.optimizer = torch.optim.AdamW(
             self.params,
-            lr=cfg.learning_rate,
+            lr=self.cfg.learning_rate,
             betas=ADAM_BETAS,
             weight_decay=ADAM_WEIGHT_DECAY,
             eps=ADAM_EPS,
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
+    def _start_progress(self) -> None:
+        """Step 0: empty curves, no best step yet, the seeded sample order, unwrapped models."""
         self.step = 0
         self.train_curve: list[list[float]] = []
         self.val_curve: list[list[float]] = []
@@ -436,9 +468,9 @@ class _Trainer:
         self.best_val = math.inf
         self.best_lora: dict[str, torch.Tensor] | None = None
         self.resumed_from: int | None = None
-        self.order = _SampleOrder(self.train_rows, seed)
+        self.order = _SampleOrder(self.train_rows, self.seed)
         self.model: nn.Module = self.comps.unet
-        self.te_models: tuple[nn.Module | None, nn.Module | None] = (te, te2)
+        self.te_models: tuple[nn.Module | None, nn.Module | None] = self.lora_models
 
     # -- state
     def lora(self) -> dict[str, torch.Tensor]:
@@ -694,9 +726,10 @@ def train_expert(
     rank: int = 0,
     model_cache_dir: str | None = None,
 ) -> ExpertResult:
-    """Train the LoRA expert of ``skill`` on ``<run_dir>/images/<skill>`` and export the best step.
+    """Train the LoRA expert of ``skill`` on its imagefolder and export the best step.
 
-    ``cache_dir``: URI of the encoded-input cache (default ``<run_dir>/cache/<skill>``).
+    ``cache_dir``: URI of the encoded-input cache (default: the skill's, in the run directory:
+    :func:`~selma_ray.training.store.cache_uri`).
     ``model_cache_dir``: where ``tiny:*`` base models are built (default ``$SELMA_RAY_CACHE``).
     ``device``: default CUDA when available. Mixed precision and gradient checkpointing apply
     on CUDA only. See the module docstring for determinism, sharding and reporting.
@@ -723,10 +756,24 @@ def train_expert(
         trainer.resume_from(resume)
         log.info("skill %r: resumed at step %d of %d", skill, trainer.step, cfg.max_steps)
     trainer.wrap(wrap_model)
+    _train(trainer, reporter)
+    if rank == 0:
+        _export(trainer, cfg, time.perf_counter() - started)
+    return ExpertResult(
+        skill=skill,
+        best_step=trainer.best_step,
+        best_val_loss=trainer.best_val,
+        steps=trainer.step,
+        out_dir=trainer.run_dir.url(*layout.expert_dir(skill)),
+    )
 
+
+def _train(trainer: _Trainer, reporter: Reporter) -> None:
+    """Optimizer steps up to ``max_steps``; every ``checkpoint_every`` (and the last) step,
+    validate and report (:func:`_checkpoint_step`)."""
+    cfg = trainer.cfg
     interval_losses: list[float] = []
     interval_start = time.perf_counter()
-    samples_per_step = cfg.batch_size * cfg.gradient_accumulation
     train_start = time.perf_counter()
     steps_run = 0
     while trainer.step < cfg.max_steps:
@@ -736,41 +783,43 @@ def train_expert(
         interval_losses.append(loss)
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.max_steps:
             elapsed = time.perf_counter() - interval_start
-            val = trainer.validate()
-            trainer.val_curve.append([trainer.step, val])
-            if val < trainer.best_val:
-                trainer.best_val, trainer.best_step = val, trainer.step
-                trainer.best_lora = trainer.lora()
-            metrics = {
-                "skill": skill,
-                "step": trainer.step,
-                "epoch": trainer.step * samples_per_step / len(trainer.train_rows),
-                "train_loss": sum(interval_losses) / len(interval_losses),
-                "val_loss": val,
-                "best_step": trainer.best_step,
-                "best_val_loss": trainer.best_val,
-                "lr": cfg.learning_rate,
-                "step_time_s": elapsed / len(interval_losses),
-                "samples_per_s": samples_per_step * len(interval_losses) / max(elapsed, 1e-9),
-                "done": trainer.step == cfg.max_steps,
-            }
-            log.info("skill %r step %d: %s", skill, trainer.step, metrics)
-            _report(reporter, metrics, trainer if rank == 0 else None)
+            _checkpoint_step(trainer, reporter, interval_losses, elapsed)
             interval_losses = []
             interval_start = time.perf_counter()
     trainer.timings["train_s"] = time.perf_counter() - train_start
     trainer.timings["steps_run"] = steps_run
 
-    out_dir = trainer.run_dir.url("experts", skill)
-    if rank == 0:
-        _export(trainer, cfg, time.perf_counter() - started)
-    return ExpertResult(
-        skill=skill,
-        best_step=trainer.best_step,
-        best_val_loss=trainer.best_val,
-        steps=trainer.step,
-        out_dir=out_dir,
-    )
+
+def _checkpoint_step(
+    trainer: _Trainer, reporter: Reporter, interval_losses: list[float], elapsed: float
+) -> None:
+    """Validate, keep the best step's LoRA, report the interval's metrics (rank 0: checkpoint).
+
+    ``interval_losses`` are the training losses of the steps since the last report, which took
+    ``elapsed`` seconds.
+    """
+    cfg = trainer.cfg
+    samples_per_step = cfg.batch_size * cfg.gradient_accumulation
+    val = trainer.validate()
+    trainer.val_curve.append([trainer.step, val])
+    if val < trainer.best_val:
+        trainer.best_val, trainer.best_step = val, trainer.step
+        trainer.best_lora = trainer.lora()
+    metrics = {
+        "skill": trainer.skill,
+        "step": trainer.step,
+        "epoch": trainer.step * samples_per_step / len(trainer.train_rows),
+        "train_loss": sum(interval_losses) / len(interval_losses),
+        "val_loss": val,
+        "best_step": trainer.best_step,
+        "best_val_loss": trainer.best_val,
+        "lr": cfg.learning_rate,
+        "step_time_s": elapsed / len(interval_losses),
+        "samples_per_s": samples_per_step * len(interval_losses) / max(elapsed, 1e-9),
+        "done": trainer.step == cfg.max_steps,
+    }
+    log.info("skill %r step %d: %s", trainer.skill, trainer.step, metrics)
+    _report(reporter, metrics, trainer if trainer.rank == 0 else None)
 
 
 def _report(reporter: Reporter, metrics: dict[str, Any], trainer: _Trainer | None) -> None:
@@ -797,21 +846,27 @@ def _lora_swapped(trainer: _Trainer, state: dict[str, torch.Tensor] | None) -> I
 
 
 def _export(trainer: _Trainer, cfg: TrainConfig, seconds: float) -> None:
+    """Write the expert: the best step's LoRA, the loss curves and the metadata."""
     run_dir, skill = trainer.run_dir, trainer.skill
     best = trainer.best_lora if trainer.best_step != trainer.step else None
     with _lora_swapped(trainer, best), tempfile.TemporaryDirectory() as tmp:
         te, te2 = trainer.lora_models
         path = save_lora(trainer.comps.unet, tmp, te, te2)
-        run_dir.write_bytes(Path(path).read_bytes(), "experts", skill, LORA_WEIGHTS)
+        run_dir.write_bytes(Path(path).read_bytes(), *layout.expert_lora(skill))
     curves = {"train_loss": trainer.train_curve, "val_loss": trainer.val_curve}
-    run_dir.write_json(curves, "experts", skill, "curves.json")
-    meta = {
-        "skill": skill,
+    run_dir.write_json(curves, *layout.expert_curves(skill))
+    run_dir.write_json(_expert_meta(trainer, cfg, seconds), *layout.expert_meta(skill))
+
+
+def _expert_meta(trainer: _Trainer, cfg: TrainConfig, seconds: float) -> dict[str, Any]:
+    """The expert's metadata: what it was trained on and how, its curves and the chosen step."""
+    return {
+        "skill": trainer.skill,
         "base_model": trainer.base_model,
         "base_model_kind": trainer.comps.kind,
         "image_model": trainer.image_models[0] if len(trainer.image_models) == 1 else None,
         "image_models": trainer.image_models,
-        "weights": LORA_WEIGHTS,
+        "weights": layout.LORA_FILE,
         "rank": cfg.rank,
         "alpha": cfg.alpha,
         "text_encoder_lora": cfg.text_encoder_lora,
@@ -844,4 +899,3 @@ def _export(trainer: _Trainer, cfg: TrainConfig, seconds: float) -> None:
         "timings": {k: round(v, 3) for k, v in trainer.timings.items()} | {"total_s": seconds},
         "config": cfg.model_dump(mode="json"),
     }
-    run_dir.write_json(meta, "experts", skill, "expert.json")

@@ -8,7 +8,7 @@
 * :func:`lora_state` / :func:`load_lora_state` copy the trainable LoRA tensors out of / into a
   model exactly (PEFT key names without the adapter name), for checkpoints and best-step
   selection.
-* :func:`save_lora` writes ``pytorch_lora_weights.safetensors`` in diffusers' format, with the
+* :func:`save_lora` writes :data:`LORA_WEIGHTS` in diffusers' format, with the
   adapter config (rank, alpha) as metadata, so ``pipe.load_lora_weights(dir)`` reproduces the
   trained scaling.
 
@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from selma_ray import layout
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -45,7 +47,8 @@ __all__ = [
 ]
 
 ADAPTER_NAME = "default"
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+#: The diffusers LoRA file name :func:`save_lora` writes (the run directory's, too).
+LORA_WEIGHTS = layout.LORA_FILE
 UNET_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Prefixes of lora_state keys; the UNet's keys have none.
@@ -245,7 +248,7 @@ def save_lora(
     text_encoder: nn.Module | None = None,
     text_encoder_2: nn.Module | None = None,
 ) -> str:
-    """Write the current LoRA weights as ``<out_dir>/pytorch_lora_weights.safetensors``.
+    """Write the current LoRA weights into ``out_dir`` as :data:`LORA_WEIGHTS`.
 
     Diffusers format (``convert_state_dict_to_diffusers(get_peft_model_state_dict(...))``),
     loadable with ``pipe.load_lora_weights(out_dir)``; SDXL UNets are saved through

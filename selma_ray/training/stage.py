@@ -1,9 +1,10 @@
 """SELMA stage 3 as a pipeline stage: train every unfinished skill expert, concurrently.
 
-An expert is finished when ``experts/<skill>/pytorch_lora_weights.safetensors`` and its
-``expert.json`` exist; those are skipped. For the rest, the input caches are first encoded on a
-Ray Data actor pool (``train.cache_inputs``; a summary goes to ``cache/encode.json``), then the
-experts are launched together on Ray Train (``selma_ray.distributed.train``), each resuming
+An expert is finished when its LoRA file and ``expert.json`` exist in the run directory; those
+are skipped. For the rest, the input caches are first encoded by a map of
+:class:`~selma_ray.training.encoder.CacheEncoder` over the skills on the executor
+(``train.cache_inputs``, on ``train.cache_pool``; a summary goes to the cache summary file),
+then the executor trains one expert per skill (on Ray: all at once on Ray Train), each resuming
 from its own latest checkpoint.
 """
 
@@ -12,73 +13,94 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from selma_ray import layout
 from selma_ray.config import SelmaConfig
+from selma_ray.execution import Executor, ExpertJob
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
 
-EXPERTS_DIR = "experts"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-
 
 def expert_done(run_dir: RunDir, skill: str) -> bool:
-    return run_dir.exists(EXPERTS_DIR, skill, LORA_FILE) and run_dir.exists(
-        EXPERTS_DIR, skill, "expert.json"
-    )
+    return run_dir.exists(*layout.expert_lora(skill)) and run_dir.exists(*layout.expert_meta(skill))
 
 
 def train_storage_path(cfg: SelmaConfig, run_dir: RunDir) -> str:
-    """Where Ray Train keeps runs: ``train.storage_path`` or ``<run_dir>/train``."""
-    if cfg.train.storage_path:
-        return cfg.train.storage_path
-    from fsspec.implementations.memory import MemoryFileSystem
+    """Where expert checkpoints live: ``train.storage_path`` or the run directory's train/."""
+    return cfg.train.storage_path or run_dir.url(*layout.train_dir())
 
-    if isinstance(run_dir.fs, MemoryFileSystem):
-        msg = (
-            f"run directory {run_dir.uri} is in this process's memory, which Ray Train workers "
-            "cannot reach: set train.storage_path to a local path or cloud URI"
+
+def expert_jobs(cfg: SelmaConfig, run_dir: RunDir, skills: list[str]) -> list[ExpertJob]:
+    storage = train_storage_path(cfg, run_dir)
+    return [
+        ExpertJob(
+            skill=skill,
+            train=cfg.train,
+            run_dir_uri=run_dir.uri,
+            base_model=cfg.train.base_model or cfg.images.model,
+            storage_path=storage,
+            model_cache_dir=cfg.storage.cache_dir,
+            seed=cfg.seed,
         )
-        raise ValueError(msg)
-    return run_dir.url("train")
+        for skill in skills
+    ]
 
 
-def run_experts_stage(cfg: SelmaConfig, run_dir: RunDir) -> dict[str, Any]:
+def run_experts_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dict[str, Any]:
     """Train the experts that are not finished; returns per-skill expert metadata."""
-    from selma_ray.distributed.train import train_experts
-
     skills = [s.name for s in cfg.prompts.skills]
     todo = [s for s in skills if not expert_done(run_dir, s)]
     if todo:
-        storage = train_storage_path(cfg, run_dir)
         if cfg.train.cache_inputs:
-            encode_caches(cfg, run_dir, todo)
-        train_experts(cfg, todo, run_dir.uri, storage)
+            encode_caches(cfg, run_dir, todo, executor)
+        executor.train_experts(expert_jobs(cfg, run_dir, todo))
     missing = [s for s in skills if not expert_done(run_dir, s)]
     if missing:
         msg = f"training ended without an expert for {missing}; see the logs, then rerun to resume"
         raise RuntimeError(msg)
-    return {s: run_dir.read_json(EXPERTS_DIR, s, "expert.json") for s in skills}
+    return {s: run_dir.read_json(*layout.expert_meta(s)) for s in skills}
 
 
-def encode_caches(cfg: SelmaConfig, run_dir: RunDir, skills: list[str]) -> dict[str, Any]:
-    """Encode ``skills``' input caches on Ray Data; the summary is kept in ``cache/encode.json``.
+def encode_caches(
+    cfg: SelmaConfig, run_dir: RunDir, skills: list[str], executor: Executor
+) -> dict[str, Any]:
+    """Encode ``skills``' input caches (one skill per task, at most one actor per skill); the
+    summary is kept in the cache summary file.
 
     Not fatal: if the encoding job itself fails (an actor that keeps dying, say), each expert's
     training worker encodes its own inputs instead, so the stage still finishes; a skill with
     unusable data is reported here and fails in training with its own error.
     """
-    from selma_ray.distributed.train import encode_input_caches
+    from selma_ray.training.encoder import CacheEncoder
 
+    pool = cfg.train.cache_pool
+    pool = pool.model_copy(
+        update={"max_size": min(len(skills), pool.max_size), "min_size": min(1, pool.min_size)}
+    )
     try:
-        rows = encode_input_caches(cfg, skills, run_dir.uri)
+        out = executor.map_rows(
+            [{"skill": s} for s in skills],
+            CacheEncoder,
+            fn_kwargs={
+                "train": cfg.train,
+                "base_model": cfg.train.base_model or cfg.images.model,
+                "run_dir_uri": run_dir.uri,
+                "model_cache_dir": cfg.storage.cache_dir,
+                "seed": cfg.seed,
+            },
+            pool=pool,
+            rows_per_task=1,
+            whole_tasks=True,
+        )
     except Exception as e:  # noqa: BLE001 - training falls back to encoding in its workers
         log.warning(
-            "encoding the input caches on Ray Data failed (%s: %s); each expert's training "
-            "worker encodes its own inputs instead",
+            "encoding the input caches failed (%s: %s); each expert's training worker "
+            "encodes its own inputs instead",
             type(e).__name__,
             e,
         )
         return {}
+    rows = {str(r["skill"]): r for r in out}
     for skill, row in rows.items():
         if row["error"]:
             log.warning("input cache for skill %r not built: %s", skill, row["error"])
@@ -91,10 +113,10 @@ def encode_caches(cfg: SelmaConfig, run_dir: RunDir, skills: list[str]) -> dict[
                 row["seconds"],
             )
     summary = (
-        dict(run_dir.read_json("cache", "encode.json"))
-        if run_dir.exists("cache", "encode.json")
+        dict(run_dir.read_json(*layout.cache_summary()))
+        if run_dir.exists(*layout.cache_summary())
         else {}
     )
     summary.update(rows)
-    run_dir.write_json(summary, "cache", "encode.json")
+    run_dir.write_json(summary, *layout.cache_summary())
     return rows

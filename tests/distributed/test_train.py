@@ -35,19 +35,19 @@ def run_dir(tmp_path):
 
 
 def test_experts_train_concurrently_and_resume(ray_cluster, tiny_models, run_dir):
+    from selma_ray.distributed import RayExecutor
     from selma_ray.distributed.train import train_experts
-    from selma_ray.training.stage import run_experts_stage, train_storage_path
+    from selma_ray.training.stage import expert_jobs, run_experts_stage
 
     cfg = _cfg("train.max_steps=2")
-    storage = train_storage_path(cfg, run_dir)
     # first "session": both experts stop at step 2 (as if the run had been cut there)
-    first = train_experts(cfg, ["coco", "whoops"], run_dir.uri, storage)
+    first = train_experts(expert_jobs(cfg, run_dir, ["coco", "whoops"]))
     assert {s: r.metrics["step"] for s, r in first.items()} == {"coco": 2, "whoops": 2}
     assert all(r.checkpoint is not None for r in first.values())
 
     # second: the same Ray Train runs (storage path + name) resume and continue to step 4
     cfg4 = _cfg()
-    second = train_experts(cfg4, ["coco", "whoops"], run_dir.uri, storage)
+    second = train_experts(expert_jobs(cfg4, run_dir, ["coco", "whoops"]))
     for skill, result in second.items():
         assert result.metrics["step"] == 4
         meta = run_dir.read_json("experts", skill, "expert.json")
@@ -62,7 +62,7 @@ def test_experts_train_concurrently_and_resume(ray_cluster, tiny_models, run_dir
         s: run_dir.fs.modified(run_dir.path("experts", s, "pytorch_lora_weights.safetensors"))
         for s in ("coco", "whoops")
     }
-    out = run_experts_stage(cfg4, run_dir)
+    out = run_experts_stage(cfg4, run_dir, RayExecutor())
     assert set(out) == {"coco", "whoops"}
     after = {
         s: run_dir.fs.modified(run_dir.path("experts", s, "pytorch_lora_weights.safetensors"))
@@ -71,23 +71,28 @@ def test_experts_train_concurrently_and_resume(ray_cluster, tiny_models, run_dir
     assert before == after
 
 
-def test_memory_run_dir_needs_a_storage_path():
-    from selma_ray.training.stage import train_storage_path
+def test_ray_refuses_a_memory_run_dir_for_training():
+    from selma_ray.distributed import RayExecutor
+    from selma_ray.training.stage import expert_jobs
 
-    with pytest.raises(ValueError, match="train.storage_path"):
-        train_storage_path(_cfg(), RunDir("memory://x/run"))
+    jobs = expert_jobs(_cfg(), RunDir("memory://x/run"), ["coco"])
+    with pytest.raises(ValueError, match="memory://x/run.*cannot see"):
+        RayExecutor().train_experts(jobs)
 
 
 def test_stage_encodes_the_caches_on_ray_data_before_training(ray_cluster, tiny_models, run_dir):
+    from selma_ray.distributed import RayExecutor
     from selma_ray.training.stage import run_experts_stage
 
     # a third skill whose images were never drawn: reported by the encoding pass, then its
     # expert fails naming it, while the other two experts finish
     cfg = _cfg(
-        "train.max_steps=1", "train.cache_actors=2", "prompts.skills=[coco, whoops, countbench]"
+        "train.max_steps=1",
+        "train.cache_pool.max_size=2",
+        "prompts.skills=[coco, whoops, countbench]",
     )
     with pytest.raises(RuntimeError, match="countbench"):
-        run_experts_stage(cfg, run_dir)
+        run_experts_stage(cfg, run_dir, RayExecutor())
     summary = run_dir.read_json("cache", "encode.json")
     assert set(summary) == {"coco", "whoops", "countbench"}
     for skill in ("coco", "whoops"):

@@ -10,7 +10,7 @@ import pytest
 
 from selma_ray.config import load_config
 from selma_ray.evaluation import stage as eval_stage
-from selma_ray.images.generate import result_rows, rows_to_batch
+from selma_ray.execution import InProcessExecutor
 from selma_ray.storage import RunDir
 
 SKILLS = ("coco", "whoops")
@@ -23,9 +23,9 @@ def _cfg(*extra: str):
             f"prompts.skills=[{', '.join(SKILLS)}]",
             "images.resolution=32",
             "images.steps=2",
-            "images.batch_size=4",
+            "images.rows_per_task=4",
             "eval.max_items=2",
-            "eval.batch_size=8",
+            "eval.rows_per_task=8",
             "train.validation_fraction=0.3",
             *extra,
         ]
@@ -63,7 +63,8 @@ def _write_experts(rd: RunDir, sd_path: str, tmp) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from selma_ray.merging_stage import merge_run
+    from selma_ray import layout
+    from selma_ray.merging import merge_run
     from selma_ray.training.lora import add_lora, save_lora
 
     for i, skill in enumerate(SKILLS):
@@ -75,7 +76,7 @@ def _write_experts(rd: RunDir, sd_path: str, tmp) -> None:
                 p.add_(0.2 * torch.randn_like(p))
         d = tmp / skill
         path = save_lora(unet, str(d))
-        rd.write_bytes(open(path, "rb").read(), "experts", skill, eval_stage.LORA_FILE)
+        rd.write_bytes(open(path, "rb").read(), *layout.expert_lora(skill))
         curve = [[s, 1.0 / (s + 1) + 0.1 * i] for s in range(1, 21)]
         rd.write_json(
             {
@@ -95,33 +96,21 @@ def _write_experts(rd: RunDir, sd_path: str, tmp) -> None:
     merge_run(_cfg(), rd)
 
 
+class CountingExecutor(InProcessExecutor):
+    """The in-process executor, counting the drawing maps (LoRA image generators)."""
+
+    draws = 0
+
+    def map_rows(self, rows, fn_cls, **kw):
+        if issubclass(fn_cls, eval_stage.LoraImageGenerator):
+            self.draws += 1
+        return super().map_rows(rows, fn_cls, **kw)
+
+
 @pytest.fixture(scope="module")
 def in_process():
-    """Replace the Ray layer with in-process actors (1 thread each)."""
-
-    def draw(cfg, run_dir, rows, loras):
-        gen = eval_stage.LoraImageGenerator(
-            {**cfg.images.model_dump(mode="json"), "image_format": "png"},
-            run_dir.url("eval", "images"),
-            loras,
-            num_threads=1,
-        )
-        out = []
-        for i in range(0, len(rows), 4):
-            out.extend(result_rows(gen(rows_to_batch(rows[i : i + 4]))))
-        draw.calls += 1
-        return out
-
-    draw.calls = 0
-
-    def map_(cfg, rows, fn_cls, kwargs):
-        fn = fn_cls(**kwargs, num_threads=1)
-        out = []
-        for i in range(0, len(rows), cfg.eval.batch_size):
-            out.extend(result_rows(fn(rows_to_batch(rows[i : i + cfg.eval.batch_size]))))
-        return out
-
-    return draw, map_
+    """Every eval map in this process: no Ray."""
+    return CountingExecutor()
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +122,7 @@ def run(tiny_models, in_process, tmp_path_factory):
     rd = RunDir(str(root / "run"))
     _write_prompts(rd)
     _write_experts(rd, tiny_models["sd"], root / "lora")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(eval_stage, "_draw", in_process[0])
-    mp.setattr(eval_stage, "_map", in_process[1])
-    try:
-        counts = eval_stage.run_eval_stage(_cfg(), rd)
-    finally:
-        mp.undo()
+    counts = eval_stage.run_eval_stage(_cfg(), rd, in_process)
     return rd, counts
 
 
@@ -202,16 +185,10 @@ def test_resume_skips_existing_images(run, in_process):
         for v in VARIANTS
         for n in rd.listdir("eval", "images", v)[:1]
     }
-    calls = in_process[0].calls
-    mp = pytest.MonkeyPatch()
-    mp.setattr(eval_stage, "_draw", in_process[0])
-    mp.setattr(eval_stage, "_map", in_process[1])
-    try:
-        counts = eval_stage.run_eval_stage(_cfg("eval.clip_model=null"), rd)
-    finally:
-        mp.undo()
+    calls = in_process.draws
+    counts = eval_stage.run_eval_stage(_cfg("eval.clip_model=null"), rd, in_process)
     assert counts["images_written"] == 0
-    assert in_process[0].calls == calls + 1
+    assert in_process.draws == calls  # every image was on storage: nothing to draw
     for v in VARIANTS:
         n = rd.listdir("eval", "images", v)[0]
         assert rd.read_bytes("eval", "images", v, n) == before[v]
@@ -249,11 +226,13 @@ def test_stage_on_ray_matches_in_process(run, ray_cluster, tmp_path):
     """The real Ray Data path (image actor pool with LoRA swaps, VQA + CLIP pools)."""
     import shutil
 
+    from selma_ray.distributed import RayExecutor
+
     rd, _ = run
     copy = RunDir(str(tmp_path / "run"))
     for folder in ("prompts", "experts", "merged"):
         shutil.copytree(rd.path(folder), copy.path(folder))
-    counts = eval_stage.run_eval_stage(_cfg(), copy)
+    counts = eval_stage.run_eval_stage(_cfg(), copy, RayExecutor())
     assert counts["images_written"] == counts["images"]
     ours, ref = copy.read_json("eval", "report.json"), rd.read_json("eval", "report.json")
     for v in VARIANTS:
@@ -277,13 +256,7 @@ def test_tifa_benchmark_end_to_end(tiny_models, in_process, tmp_path):
     _write_prompts(rd)
     _write_experts(rd, tiny_models["sd"], tmp_path / "lora")
     cfg = _cfg("eval.benchmarks=[tifa]", f"eval.tifa_path={tifa_file}", "eval.variants=[base]")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(eval_stage, "_draw", in_process[0])
-    mp.setattr(eval_stage, "_map", in_process[1])
-    try:
-        eval_stage.run_eval_stage(cfg, rd)
-    finally:
-        mp.undo()
+    eval_stage.run_eval_stage(cfg, rd, in_process)
     report = rd.read_json("eval", "report.json")
     tifa = report["variants"]["base"]["tifa"]
     captions = load_tifa(str(tifa_file)).items
@@ -295,3 +268,19 @@ def test_tifa_benchmark_end_to_end(tiny_models, in_process, tmp_path):
     asked = answers.groupby("item_id").size().to_dict()
     expected = {c.item_id: len(c.questions) for c in captions if c.item_id in asked}
     assert asked == expected
+
+
+def test_variants_are_drawn_with_the_experts_base_model_and_resolution():
+    """Weak-to-strong (sdxl): SD 2.1 draws the training images, but base / experts / merged
+    are SDXL pipelines at the experts' 1024 px; serving defaults to the same size."""
+    from selma_ray.serving.api import Defaults, Limits
+
+    sdxl = load_config(preset="sdxl")
+    drawn = eval_stage.eval_images_config(sdxl)
+    assert sdxl.images.model == "stabilityai/stable-diffusion-2-1-base"
+    assert (drawn.model, drawn.resolution) == ("stabilityai/stable-diffusion-xl-base-1.0", 1024)
+    assert drawn.image_format == "png" and drawn.steps == sdxl.images.steps
+    served = Defaults.from_images_config(sdxl.variant_images(), Limits.from_config(sdxl.serve))
+    assert (served.width, served.height) == (1024, 1024)
+    tiny = eval_stage.eval_images_config(_cfg())
+    assert (tiny.model, tiny.resolution) == ("tiny:sd", 64)

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from selma_ray.config import ImagesConfig
+from selma_ray.execution import batch_to_rows, rows_to_batch
 from selma_ray.images.generate import (
     ImageGenerator,
     encode_image,
     image_seed,
     plan_rows,
     resolve_dtype,
-    result_rows,
-    rows_to_batch,
 )
 from selma_ray.seeds import derive_seed
 from selma_ray.storage import RunDir
@@ -32,7 +31,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def generator(tiny_models):
     """One tiny-SD generator (1 torch thread) for the module; tests swap its output dir."""
-    gen = ImageGenerator(ImagesConfig().model_dump(), "memory://unused", num_threads=1)
+    gen = ImageGenerator(ImagesConfig(), "memory://unused", num_threads=1)
     return gen
 
 
@@ -40,7 +39,7 @@ def _run(gen: ImageGenerator, rows: list[dict], out_uri: str, batch_size: int) -
     gen.out = RunDir(out_uri)
     out: list[dict] = []
     for i in range(0, len(rows), batch_size):
-        out.extend(result_rows(gen(rows_to_batch(rows[i : i + batch_size]))))
+        out.extend(batch_to_rows(gen(rows_to_batch(rows[i : i + batch_size]))))
     return out
 
 
@@ -137,11 +136,11 @@ def test_writer_skips_existing_and_writes_decodable_png(generator):
 
 
 def test_batched_mode_is_byte_identical_whatever_shares_the_batch(generator, monkeypatch):
-    """Batched mode pads every UNet call to images.batch_size, so an image's bytes do not
+    """Batched mode pads every UNet call to images.images_per_call, so an image's bytes do not
     depend on which rows shared its batch, where it sat, or how many were left to draw."""
     rows = plan_rows(PROMPTS, 2, run_seed=0)  # 8 images
     monkeypatch.setattr(generator, "exact", False)
-    monkeypatch.setattr(generator, "batch_size", 4)
+    monkeypatch.setattr(generator, "images_per_call", 4)
     calls = []
     draw = generator.draw
     monkeypatch.setattr(
@@ -189,10 +188,9 @@ def test_default_attention_processor(tiny_models):
 
     from selma_ray.images.generate import load_pipeline
 
-    cfg = ImagesConfig(attention="default").model_dump()
-    pipe = load_pipeline(cfg, device="cpu")
+    pipe = load_pipeline("tiny:sd", attention="default", device="cpu")
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor}
-    pipe = load_pipeline(ImagesConfig().model_dump(), device="cpu")
+    pipe = load_pipeline("tiny:sd", device="cpu")
     assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
 
 

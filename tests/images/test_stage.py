@@ -10,8 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from selma_ray.config import load_config
-from selma_ray.images import stage as images_stage
-from selma_ray.images.generate import ImageGenerator, result_rows, rows_to_batch
+from selma_ray.execution import InProcessExecutor, task_plan
 from selma_ray.images.stage import ImagesIncompleteError, plan, run_images_stage
 from selma_ray.storage import RunDir
 
@@ -26,7 +25,7 @@ def _cfg(*extra: str):
         overrides=[
             f"prompts.skills=[{', '.join(SKILLS)}]",
             f"images.images_per_prompt={N_IMAGES}",
-            "images.batch_size=4",
+            "images.rows_per_task=4",
             *extra,
         ]
     )
@@ -50,24 +49,25 @@ def _images(rd: RunDir) -> dict[str, bytes]:
     return out
 
 
-@pytest.fixture(scope="module")
-def in_process(tiny_models):
-    """Replace the Ray layer with one in-process generator (1 thread): fast stage tests."""
-    cache: dict[str, ImageGenerator] = {}
+class SpyExecutor(InProcessExecutor):
+    """The in-process executor, recording every row it maps (and returning every result)."""
 
-    def draw(cfg, run_dir, rows, *, progress):
-        gen = cache.get("gen")
-        if gen is None:
-            gen = cache["gen"] = ImageGenerator(
-                cfg.images.model_dump(), "memory://x", num_threads=1
-            )
-        gen.out = RunDir(run_dir.url("images"))
-        out = []
-        for i in range(0, len(rows), cfg.images.batch_size):
-            out.extend(result_rows(gen(rows_to_batch(rows[i : i + cfg.images.batch_size]))))
+    def __init__(self, draw: bool = True) -> None:
+        self.rows: list[dict] = []
+        self.results: list[dict] = []
+        self.draw = draw
+
+    def map_rows(self, rows, fn_cls, **kw):
+        self.rows.extend(rows)
+        out = super().map_rows(rows, fn_cls, **kw) if self.draw else []
+        self.results.extend(out)
         return out
 
-    return draw
+
+@pytest.fixture(scope="module")
+def in_process(tiny_models):
+    """The in-process executor: fast stage tests, no Ray."""
+    return InProcessExecutor()
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,7 @@ def reference(in_process, tmp_path_factory):
     """An undisturbed run drawn in process: the bytes every other run must reproduce."""
     rd = RunDir(str(tmp_path_factory.mktemp("reference")))
     _write_prompts(rd)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(images_stage, "_draw", in_process)
-    try:
-        counts = run_images_stage(_cfg(), rd)
-    finally:
-        mp.undo()
+    counts = run_images_stage(_cfg(), rd, in_process)
     assert counts == {s: N_PROMPTS * N_IMAGES for s in SKILLS}
     return rd
 
@@ -123,19 +118,18 @@ def test_stage_writes_imagefolder_per_skill(reference, tmp_path):
     }
 
 
-def test_stage_on_memory_run_dir_is_identical(in_process, reference, monkeypatch):
-    monkeypatch.setattr(images_stage, "_draw", in_process)
+def test_stage_on_memory_run_dir_is_identical(in_process, reference):
     rd = RunDir("memory://images-stage-run")
     _write_prompts(rd)
     # another batch size: exact mode gives the same bytes
-    run_images_stage(_cfg("images.batch_size=1"), rd)
+    run_images_stage(_cfg("images.rows_per_task=1"), rd, in_process)
     assert _images(rd) == _images(reference)
     assert rd.read_text("images", "coco", "metadata.jsonl") == reference.read_text(
         "images", "coco", "metadata.jsonl"
     )
 
 
-def test_resume_draws_only_missing_images(in_process, reference, tmp_path, monkeypatch):
+def test_resume_draws_only_missing_images(in_process, reference, tmp_path):
     rd = RunDir(str(tmp_path / "run"))
     shutil.copytree(reference.path(), rd.path())
     gone = ["coco/coco-00001_0.png", "whoops/whoops-00002_1.png"]
@@ -145,15 +139,9 @@ def test_resume_draws_only_missing_images(in_process, reference, tmp_path, monke
     with open(rd.path("images", "coco", "coco-00000_0.png.tmp-deadbeef"), "wb") as f:
         f.write(b"partial")
     mtimes = {k: os.stat(rd.path("images", k)).st_mtime_ns for k in _images(rd) if k not in gone}
-    drawn: list[str] = []
-
-    def spy(cfg, run_dir, rows, *, progress):
-        drawn.extend(f"{r['skill']}/{r['file_name']}" for r in rows)
-        return in_process(cfg, run_dir, rows, progress=progress)
-
-    monkeypatch.setattr(images_stage, "_draw", spy)
-    run_images_stage(_cfg(), rd)
-    assert sorted(drawn) == sorted(gone)
+    spy = SpyExecutor()
+    run_images_stage(_cfg(), rd, spy)
+    assert sorted(f"{r['skill']}/{r['file_name']}" for r in spy.rows) == sorted(gone)
     assert {k: os.stat(rd.path("images", k)).st_mtime_ns for k in mtimes} == mtimes
     assert _images(rd) == _images(reference)
     assert not any(".tmp-" in n for n in rd.listdir("images", "coco"))
@@ -170,45 +158,52 @@ def test_missing_or_empty_prompts_name_the_skill(tmp_path):
         plan(_cfg(), rd)
 
 
-def test_verification_names_missing_and_unexpected_files(tmp_path, monkeypatch):
+def test_verification_names_missing_and_unexpected_files(tmp_path):
     rd = RunDir(str(tmp_path))
     _write_prompts(rd)
     rd.write_bytes(b"x", "images", "coco", "stray_0.png")
-    monkeypatch.setattr(images_stage, "_draw", lambda cfg, run_dir, rows, progress: [])
     with pytest.raises(ImagesIncompleteError) as err:
-        run_images_stage(_cfg(), rd)
+        run_images_stage(_cfg(), rd, SpyExecutor(draw=False))
     text = str(err.value)
     assert "coco: 6 missing: coco-00000_0.png" in text and "whoops: 6 missing" in text
     assert "coco: 1 unexpected: stray_0.png" in text
 
 
 def test_ray_layer_refuses_memory_run_dir():
-    from selma_ray.distributed.images import batch_plan, generate_images
+    from selma_ray.distributed import RayExecutor
 
-    with pytest.raises(ValueError, match="memory.*cannot see"):
-        generate_images([{"x": 1}], _cfg().images, "memory://run/images")
-    assert batch_plan(12, 8, 2) == (6, 2)  # a small input still gives every actor a batch
-    assert batch_plan(20, 8, 2) == (7, 3)
-    assert batch_plan(1000, 8, 4) == (8, 125)
+    rd = RunDir("memory://run-for-ray")
+    _write_prompts(rd)
+    with pytest.raises(ValueError, match="memory.*cannot see.*in-process"):
+        run_images_stage(_cfg(), rd, RayExecutor())
+
+
+def test_task_plan_spreads_small_inputs_over_every_actor():
+    assert task_plan(12, 8, 2) == (6, 2)  # a small input still gives every actor a batch
+    assert task_plan(20, 8, 2) == (7, 3)
+    assert task_plan(1000, 8, 4) == (8, 125)
+    assert task_plan(0, 8, 4) == (8, 0)
 
 
 # --------------------------------------------------------------------------- Ray
 
 
 @pytest.mark.slow
-def test_ray_stage_matches_in_process_bytes(ray_cluster, reference, tmp_path, monkeypatch):
+def test_ray_stage_matches_in_process_bytes(ray_cluster, reference, tmp_path):
+    from selma_ray.distributed import RayExecutor
+
+    class SpyRay(RayExecutor):
+        def map_rows(self, rows, fn_cls, **kw):
+            out = super().map_rows(rows, fn_cls, **kw)
+            seen.extend(out)
+            return out
+
     rd = RunDir(str(tmp_path / "run"))
     _write_prompts(rd)
     seen: list[dict] = []
-    real = images_stage._draw
-
-    def spy(cfg, run_dir, rows, *, progress):
-        out = real(cfg, run_dir, rows, progress=progress)
-        seen.extend(out)
-        return out
-
-    monkeypatch.setattr(images_stage, "_draw", spy)
-    counts = run_images_stage(_cfg("images.max_actors=2", "images.batch_size=8"), rd)
+    counts = run_images_stage(
+        _cfg("images.pool.max_size=2", "images.rows_per_task=8"), rd, SpyRay()
+    )
     assert counts == {s: N_PROMPTS * N_IMAGES for s in SKILLS}
     assert len(seen) == 12 and all(r["written"] for r in seen)
     assert len({r["worker_pid"] for r in seen}) == 2  # 12 rows, 2 actors: both got a batch
@@ -235,17 +230,21 @@ def _alive_map_workers() -> dict[str, dict]:
 def test_killed_actor_is_restarted_and_images_match(ray_cluster, reference, tmp_path):
     import ray
 
+    from selma_ray.distributed import RayExecutor
+
     rd = RunDir(str(tmp_path / "run"))
     _write_prompts(rd)
     # one actor, 3 batches of 4: the kill lands while work is left
-    cfg = _cfg("images.max_actors=1", "images.batch_size=4", "images.max_task_retries=2")
+    cfg = _cfg(
+        "images.pool.max_size=1", "images.rows_per_task=4", "images.pool.max_task_retries=2"
+    )
 
     def drawn() -> int:
         return sum(len([n for n in rd.listdir("images", s) if n.endswith(".png")]) for s in SKILLS)
 
     before = set(_alive_map_workers())
     pool = ThreadPoolExecutor(1)
-    future = pool.submit(run_images_stage, cfg, rd)
+    future = pool.submit(run_images_stage, cfg, rd, RayExecutor())
     killed, at_kill = None, -1
     deadline = time.monotonic() + 90
     while killed is None and not future.done() and time.monotonic() < deadline:

@@ -11,7 +11,6 @@ from collections import Counter
 
 import pytest
 
-from selma_ray.prompts.engines import _vocabulary as V
 from selma_ray.prompts.engines.base import GenerationRequest, PromptEngine, Question
 from selma_ray.prompts.engines.scene_graph import (
     SceneGraphEngine,
@@ -19,6 +18,7 @@ from selma_ray.prompts.engines.scene_graph import (
     compose_scene,
     scene_questions,
 )
+from selma_ray.prompts.engines.scene_graph import vocabulary as V
 from selma_ray.prompts.fewshot import parse_response
 from selma_ray.skills import BUILTIN_SKILLS
 
@@ -286,3 +286,45 @@ def test_near_duplicate_survival(skill):
     assert len(prompts) == 1000
     kept = filter_near_duplicates(prompts, threshold=0.8)
     assert sum(kept) / len(prompts) >= 0.95
+
+
+def test_vocabulary_is_package_data_read_lazily_once():
+    """Importing the engine reads nothing; the first use reads vocabulary.json once."""
+    code = (
+        "import importlib.resources, threading\n"
+        "from selma_ray.prompts.engines.base import GenerationRequest\n"
+        "from selma_ray.prompts.engines.scene_graph import SceneGraphEngine, vocabulary as V\n"
+        "data = importlib.resources.files(V.__package__).joinpath(V.DATA_FILE)\n"
+        "assert data.is_file() and data.name == 'vocabulary.json'\n"
+        "assert not hasattr(V, 'NO_SUCH_NAME') and not V.loaded() and 'THINGS' not in vars(V)\n"
+        "builds = []\n"
+        "build = V._build\n"
+        "V._build = lambda raw: builds.append(1) or build(raw)\n"
+        "engine = SceneGraphEngine()\n"
+        "assert not V.loaded()\n"
+        "threads = [threading.Thread(target=V.thing, args=('cup',)) for _ in range(8)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "req = GenerationRequest(skill='coco', messages=[], prompt='', n_items=5,"
+        " start_index=1, seed=0)\n"
+        "assert engine.generate([req]) == engine.generate([req])\n"
+        "assert V.loaded() and 'THINGS' in vars(V) and V.THINGS is V.THINGS\n"
+        "print(len(builds))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "1"
+
+
+def test_vocabulary_types():
+    assert isinstance(V.THINGS, tuple) and all(isinstance(n, V.Noun) for n in V.THINGS)
+    assert all(isinstance(v, V.Verb) for v in (*V.STATES, *V.ACTIONS))
+    assert isinstance(V.DOMAINS, frozenset) and isinstance(V.METALS, frozenset)
+    assert V.SIZE_RANK == {s: i for i, s in enumerate(V.SIZES)}
+    assert V.thing("cup").colors == V.PALETTE  # "*" in the data: the everyday palette
+    assert V.thing("cat").has("animal") and V.thing("baby").size == "s"
+    assert V.whoops_place("sea").article == "the" and V.whoops_place("sea").plural == "seas"
+    grass = next(s for s in V.SCENERY if s.name == "grass")
+    assert grass.plural == "grass" and grass.has("mass", "scenery")
+    with pytest.raises(KeyError):
+        V.thing("no such thing")
+    assert not V.defies("no such rule", "cat", "desert")

@@ -19,8 +19,9 @@ def vllm_available():
 def test_vllm_engine_maps_requests_over_ray_data_actors(
     vllm_available, ray_cluster, tiny_models, tmp_path
 ):
-    from selma_ray.distributed.llm import VllmRayDataEngine
+    from selma_ray.distributed import RayExecutor
     from selma_ray.pipeline import run_pipeline
+    from selma_ray.prompts.engines.vllm_engine import VllmEngine
     from selma_ray.storage import RunDir
 
     cfg = load_config(
@@ -31,11 +32,11 @@ def test_vllm_engine_maps_requests_over_ray_data_actors(
             "prompts.max_tokens=32",
             "prompts.requests_per_round=2",
             "prompts.skills=[coco, whoops]",
-            "prompts.vllm.batch_size=2",
+            "prompts.vllm.rows_per_task=2",
             "prompts.vllm.max_model_len=512",
         ]
     )
-    engine = VllmRayDataEngine(cfg.prompts.model, cfg.prompts.vllm)
+    engine = VllmEngine(cfg.prompts.model, cfg.prompts.vllm, RayExecutor())
     reqs = [
         build_request(BUILTIN_SKILLS["coco"], ["a", "b", "c"], n_items=2, seed=s, max_tokens=16)
         for s in range(3)

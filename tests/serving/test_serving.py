@@ -1,4 +1,4 @@
-"""Serving: request rules and builder args (no Ray), the multi-adapter pipeline, and the live app.
+"""Serving: request rules and builder args, the multi-adapter pipeline, and the live Serve app.
 
 The ``slow`` tests share ONE Serve app (module-scoped fixture) on 127.0.0.1 and a free port, with
 a bearer token and small ``max_ongoing_requests`` / ``max_queued_requests`` so a burst overloads
@@ -164,43 +164,74 @@ def test_models_body_is_openai_list():
 
 
 def test_serve_args_reject_unknown_and_invalid(served_run_dir):
-    from selma_ray.config import ConfigError
-    from selma_ray.serving.app import ServeArgs, build_app
+    from selma_ray.config import ConfigError, ServeConfig
+    from selma_ray.distributed.serve import build_app
+    from selma_ray.serving.args import ServeArgs
 
-    with pytest.raises(ConfigError, match=r"max_batch: unknown argument; allowed: run_dir, host"):
+    allowed = r"max_batch: unknown argument; allowed: run_dir, serve, device, dtype, torch_threads"
+    with pytest.raises(ConfigError, match=allowed):
         ServeArgs.parse({"run_dir": "x", "max_batch": 3})
     with pytest.raises(ConfigError, match="run_dir: required"):
         ServeArgs.parse({})
-    with pytest.raises(ConfigError, match="max_n"):
-        ServeArgs.parse({"run_dir": "x", "max_n": "many"})
-    # string values, as `serve run ... max_n=8` passes them, are coerced
-    assert ServeArgs.parse({"run_dir": "x", "max_n": "8"}).max_n == 8
+    with pytest.raises(ConfigError, match=r"serve\.max_n: .*integer"):
+        ServeArgs.parse({"run_dir": "x", "serve": {"max_n": "many"}})
+    with pytest.raises(ConfigError, match=r"serve\.max_batch: unknown key; allowed here: host"):
+        ServeArgs.parse({"run_dir": "x", "serve.max_batch": 3})
+    # the old flat arguments are refused, naming their new spelling
+    for old, new in (
+        ("max_n", "serve.max_n"),
+        ("max_replicas", "serve.pool.max_size"),
+        ("min_replicas", "serve.pool.min_size"),
+        ("num_gpus", "serve.pool.gpus"),
+        ("num_cpus", "serve.pool.cpus"),
+    ):
+        with pytest.raises(ConfigError, match=rf"{old}: unknown argument; use {new}"):
+            ServeArgs.parse({"run_dir": "x", old: 1})
+    with pytest.raises(ConfigError, match=r"serve\.min_replicas: renamed; use serve\.pool\.min_"):
+        ServeArgs.parse({"run_dir": "x", "serve": {"min_replicas": 1}})
+    # string values, as `serve run ... serve.max_n=8` passes them, are coerced; dotted keys and
+    # a nested mapping are the same thing
+    parsed = ServeArgs.parse(
+        {"run_dir": "x", "serve.max_n": "8", "serve": {"pool": {"gpus": "1"}}, "torch_threads": "2"}
+    )
+    assert parsed.serve == {"max_n": 8, "pool": {"gpus": 1.0}} and parsed.torch_threads == 2
+    merged = parsed.serve_config(ServeConfig(max_steps=7, pool={"max_size": 3}))
+    assert (merged.max_n, merged.max_steps) == (8, 7)
+    assert (merged.pool.gpus, merged.pool.max_size) == (1.0, 3)
+    assert ServeArgs.parse({"run_dir": "x", "serve.auth_token_env": ""}).serve == {
+        "auth_token_env": None
+    }
     with pytest.raises(ConfigError, match=r"serve\.max_n"):
-        build_app({"run_dir": served_run_dir["path"], "max_n": 0})
-    with pytest.raises(ConfigError, match="min_replicas"):
-        build_app({"run_dir": served_run_dir["path"], "min_replicas": 3, "max_replicas": 2})
+        build_app({"run_dir": served_run_dir["path"], "serve": {"max_n": 0}})
+    with pytest.raises(ConfigError, match=r"serve\.pool: min_size \(3\) must be <= max_size"):
+        build_app({"run_dir": served_run_dir["path"], "serve": {"pool": {"min_size": 3}}})
     with pytest.raises(ConfigError, match="config.yaml does not exist"):
         build_app({"run_dir": served_run_dir["path"] + "/nowhere"})
     with pytest.raises(ConfigError, match="memory"):
         build_app({"run_dir": "memory://selma-serve-test"})
     os.environ.pop("SELMA_TEST_UNSET_TOKEN", None)
     with pytest.raises(ConfigError, match="SELMA_TEST_UNSET_TOKEN"):
-        build_app({"run_dir": served_run_dir["path"], "auth_token_env": "SELMA_TEST_UNSET_TOKEN"})
+        build_app(
+            {"run_dir": served_run_dir["path"], "serve.auth_token_env": "SELMA_TEST_UNSET_TOKEN"}
+        )
 
 
 def test_deployment_options_follow_serve_config():
-    from selma_ray.config import ServeConfig
-    from selma_ray.serving.app import ServeArgs, deployment_options
+    from selma_ray.config import ActorPool, ServeConfig
+    from selma_ray.distributed.serve import deployment_options
 
-    args = ServeArgs(run_dir="x", num_gpus=1)
-    fixed, ingress = deployment_options(ServeConfig(max_ongoing_requests=3), args)
+    gpu = ActorPool(gpus=1)
+    fixed, ingress = deployment_options(ServeConfig(max_ongoing_requests=3, pool=gpu))
     assert fixed["num_replicas"] == 1 and "autoscaling_config" not in fixed
     assert fixed["max_ongoing_requests"] == 3 and fixed["max_queued_requests"] == 16
     assert fixed["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
     assert ingress["ray_actor_options"] == {"num_cpus": 0}
     assert ingress["max_ongoing_requests"] >= 3 + 16
+    two, _ = deployment_options(ServeConfig(pool=ActorPool(min_size=2, max_size=2, cpus=0.5)))
+    assert two["num_replicas"] == 2
+    assert two["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
     auto, _ = deployment_options(
-        ServeConfig(min_replicas=0, max_replicas=4, target_ongoing_requests=1.5), args
+        ServeConfig(pool=ActorPool(min_size=0, max_size=4), target_ongoing_requests=1.5)
     )
     assert auto["autoscaling_config"] == {
         "min_replicas": 0,
@@ -211,9 +242,15 @@ def test_deployment_options_follow_serve_config():
 
 
 def test_await_model_maps_timeout_and_overload():
+    """Ray's errors become the app's (distributed.serve.await_model), the app maps them."""
+    from ray.exceptions import RayActorError
     from ray.serve.exceptions import BackPressureError
 
-    from selma_ray.serving.app import await_model
+    from selma_ray.distributed.serve import await_model as model_call
+    from selma_ray.serving.app import await_generation
+
+    async def await_model(response, timeout_s: float) -> list[bytes]:
+        return await await_generation(model_call(response), timeout_s)
 
     class FakeResponse:
         def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
@@ -241,6 +278,11 @@ def test_await_model_maps_timeout_and_overload():
     with pytest.raises(APIError) as info:
         asyncio.run(await_model(FakeResponse(error=BackPressureError(5, 4)), 1.0))
     assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
+    assert info.value.code == "overloaded"
+    with pytest.raises(APIError) as info:
+        asyncio.run(await_model(FakeResponse(error=RayActorError()), 1.0))
+    assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
+    assert info.value.code == "unavailable"
     with pytest.raises(APIError) as info:
         asyncio.run(await_model(FakeResponse(error=RuntimeError("/secret/path")), 1.0))
     assert info.value.status == 500 and "/secret/path" not in info.value.message
@@ -321,7 +363,7 @@ def _free_port() -> int:
 def server(ray_module, served_run_dir):
     from ray import serve
 
-    from selma_ray.serving.app import build_app
+    from selma_ray.distributed.serve import build_app
 
     port = _free_port()
     os.environ[TOKEN_ENV] = TOKEN
@@ -329,14 +371,16 @@ def server(ray_module, served_run_dir):
     app = build_app(
         {
             "run_dir": served_run_dir["path"],
-            "auth_token_env": TOKEN_ENV,
-            "max_ongoing_requests": 2,
-            "max_queued_requests": 4,
-            "max_size": 256,
-            "max_steps": 20,
-            "request_timeout_s": 60,
+            "serve": {
+                "auth_token_env": TOKEN_ENV,
+                "max_ongoing_requests": 2,
+                "max_queued_requests": 4,
+                "max_size": 256,
+                "max_steps": 20,
+                "request_timeout_s": 60,
+                "pool": {"cpus": 1},
+            },
             "torch_threads": 1,
-            "num_cpus": 1,
         }
     )
     serve.run(app, name="selma-test", route_prefix="/")
@@ -506,12 +550,14 @@ def test_burst_is_bounded_and_server_recovers(server):
 
 def test_serve_run_dir_validates_before_starting_anything(tmp_path):
     from selma_ray.config import ConfigError
-    from selma_ray.serving.app import serve_run_dir
+    from selma_ray.distributed.serve import serve_run_dir
 
     with pytest.raises(ConfigError, match="config.yaml does not exist"):
         serve_run_dir(str(tmp_path / "missing"), blocking=False)
     with pytest.raises(ConfigError, match="bogus: unknown argument"):
         serve_run_dir(str(tmp_path), blocking=False, bogus=1)
+    with pytest.raises(ConfigError, match=r"serve\.port: .*less than or equal to 65535"):
+        serve_run_dir(str(tmp_path), blocking=False, port=70000)
 
 
 @pytest.mark.slow
@@ -520,7 +566,7 @@ def test_serve_run_dir_adds_an_app(server, served_run_dir):
     import httpx
     from ray import serve
 
-    from selma_ray.serving.app import serve_run_dir
+    from selma_ray.distributed.serve import serve_run_dir
 
     url = serve_run_dir(
         served_run_dir["path"],
@@ -528,9 +574,9 @@ def test_serve_run_dir_adds_an_app(server, served_run_dir):
         blocking=False,
         name="selma-cli",
         route_prefix="/cli",
-        auth_token_env="",
+        serve={"auth_token_env": ""},
         torch_threads=1,
-        num_cpus=0.5,
+        **{"serve.pool.cpus": "0.5"},  # as `selma-ray serve --arg serve.pool.cpus=0.5` passes it
     )
     assert url == f"http://127.0.0.1:{server['port']}"
     try:

@@ -1,4 +1,4 @@
-"""Stage-3 inputs: imagefolder loading, skips, holdout split, preprocessing and the input cache."""
+"""Stage-3 raw inputs: imagefolder loading, skips, holdout split and preprocessing."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ import torch
 from PIL import Image
 
 from selma_ray.storage import RunDir
-from selma_ray.training import cache as cache_mod
-from selma_ray.training.cache import (
-    EncodedInputs,
-    OnTheFlyInputs,
-    encode_images,
-    load_components,
-    load_or_build_cache,
-)
+from selma_ray.training import inputs as inputs_mod
 from selma_ray.training.data import (
     CropInfo,
     Pair,
@@ -71,7 +64,7 @@ def test_preprocess_shapes_range_and_center_crop():
 
     # SDXL micro-conditioning of the flipped crop: the left edge mirrored in the resized image
     assert CropInfo(3, 10, 100, 150, 64, 96).flipped_left(64) == 22
-    assert cache_mod._time_ids(CropInfo(3, 10, 100, 150, 64, 96), 64, True) == [
+    assert inputs_mod._time_ids(CropInfo(3, 10, 100, 150, 64, 96), 64, True) == [
         100.0, 150.0, 3.0, 22.0, 64.0, 64.0,
     ]  # fmt: skip
 
@@ -164,75 +157,3 @@ def test_split_holdout_deterministic_and_grouped_by_prompt():
     assert split_holdout(pairs, 0.0, 0) == (pairs, [])
     with pytest.raises(ValueError, match="fraction"):
         split_holdout(pairs, 1.0, 0)
-
-
-# --------------------------------------------------------------------------- input cache
-
-
-@pytest.fixture(scope="module")
-def components(tiny_models):
-    return load_components(tiny_models["sd"])
-
-
-def test_cache_reused_and_invalidated(tmp_path, components, monkeypatch):
-    rd = RunDir(str(tmp_path / "run"))
-    write_skill(rd, prompts=3, per_prompt=2)
-    pairs, _ = load_pairs(rd, "count")
-    calls = []
-    real = cache_mod.encode_pairs
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["resolution"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(cache_mod, "encode_pairs", counting)
-    uri = rd.url("cache", "count")
-    kw = {"model": "tiny:sd", "resolution": 32, "random_flip": True, "seed": 0}
-
-    first, info1 = load_or_build_cache(uri, pairs, components, **kw)
-    assert info1.built and calls == [32]
-    assert rd.exists("cache", "count", "inputs.safetensors")
-    key = rd.read_json("cache", "count", "cache.json")
-    assert key["resolution"] == 32 and key["model"] == "tiny:sd" and key["random_flip"]
-    assert first.latents.shape == (6, 4, 16, 16) and first.latents_flipped is not None
-    assert first.prompt_embeds.shape == (3, 77, 32)  # one row per distinct caption
-    idx = first.text_index.tolist()  # two images per caption share one row
-    assert idx[0::2] == idx[1::2] and sorted(idx[0::2]) == [0, 1, 2]
-
-    # second call: read back, no encoding; the model is not even needed
-    second, info2 = load_or_build_cache(uri, pairs, lambda: pytest.fail("loaded"), **kw)
-    assert not info2.built and calls == [32]
-    for name in EncodedInputs._TENSORS:
-        a, b = getattr(first, name), getattr(second, name)
-        assert (a is None and b is None) or torch.equal(a, b)
-
-    # a new resolution (or new images) rebuilds
-    third, info3 = load_or_build_cache(uri, pairs, components, **{**kw, "resolution": 64})
-    assert info3.built and calls == [32, 64] and third.latents.shape[-1] == 32
-    assert rd.read_json("cache", "count", "cache.json")["resolution"] == 64
-    changed = [*pairs[:-1], Pair(**{**pairs[-1].__dict__, "digest": "0" * 64})]
-    _, info4 = load_or_build_cache(uri, changed, components, **{**kw, "resolution": 64})
-    assert info4.built and calls == [32, 64, 64]
-
-
-def test_cache_flips_and_on_the_fly_match(tmp_path, components):
-    rd = RunDir(str(tmp_path / "run"))
-    write_skill(rd, prompts=3)
-    pairs, _ = load_pairs(rd, "count")
-    enc = cache_mod.encode_pairs(components, pairs, resolution=32, random_flip=True, seed=0)
-    with torch.no_grad():
-        pixels = torch.stack([preprocess(p.image(), 32) for p in pairs])
-        flipped = encode_images(components, pixels.flip(-1))
-    assert torch.allclose(enc.latents_flipped, flipped, atol=1e-5)
-    assert not torch.allclose(enc.latents, flipped, atol=1e-3)
-
-    live = OnTheFlyInputs(components, pairs, resolution=32, random_flip=True, seed=0)
-    a = enc.batch([2, 0], [True, False], "cpu")
-    b = live.batch([2, 0], [True, False], "cpu")
-    assert torch.allclose(a.latents, b.latents, atol=1e-5)
-    assert torch.allclose(a.encoder_hidden_states, b.encoder_hidden_states, atol=1e-5)
-    assert a.added_cond_kwargs() is None
-    with pytest.raises(ValueError, match="random_flip"):
-        cache_mod.encode_pairs(components, pairs, resolution=32, random_flip=False).batch(
-            [0], [True], "cpu"
-        )

@@ -328,9 +328,20 @@ def test_two_rank_ddp_matches_one_process(run_dir, tmp_path):
 
     c = cfg(max_steps=2, checkpoint_every=2, batch_size=4)
     single = LocalReporter()
-    train_expert(
-        c, skill="resume", run_dir_uri=run_dir.uri, base_model="tiny:sd", seed=5, reporter=single
-    )
+    # one thread, like each DDP worker (OMP_NUM_THREADS=1): the same kernels' reduction order
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_expert(
+            c,
+            skill="resume",
+            run_dir_uri=run_dir.uri,
+            base_model="tiny:sd",
+            seed=5,
+            reporter=single,
+        )
+    finally:
+        torch.set_num_threads(threads)
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER)
     init = f"file://{tmp_path / 'rendezvous'}"
@@ -353,4 +364,9 @@ def test_two_rank_ddp_matches_one_process(run_dir, tmp_path):
     ref = single.checkpoint(2)
     for (s1, l1), (s2, l2) in zip(ref.state["train_curve"], ddp.state["train_curve"], strict=True):
         assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)
-    assert all(torch.allclose(ref.lora[k], ddp.lora[k], atol=1e-6) for k in ref.lora)
+    # DDP averages the two ranks' gradients (all-reduce, then / 2) where one process takes the
+    # mean of the whole batch: float32 rounds the two differently, by about 2e-6 here after two
+    # AdamW steps; the steps themselves move the LoRA (B starts at zero) by ~lr each, over 100x
+    diff = max((ref.lora[k] - ddp.lora[k]).abs().max().item() for k in ref.lora)
+    moved = max(ref.lora[k].abs().max().item() for k in ref.lora if "lora_B" in k)
+    assert diff <= 1e-5 and moved >= 100 * diff, (diff, moved)

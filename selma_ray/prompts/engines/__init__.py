@@ -3,12 +3,13 @@
 - ``scene-graph``: offline compositional generator that also writes DSG questions (tiny preset);
 - ``transformers``: batched ``generate()`` in this process;
 - ``openai``: any OpenAI-compatible HTTP endpoint;
-- ``vllm``: vLLM engines in an autoscaling Ray Data actor pool.
+- ``vllm``: vLLM engines on the executor's pool (on Ray: an autoscaling Ray Data actor pool).
 """
 
 from __future__ import annotations
 
 from selma_ray.config import PromptsConfig
+from selma_ray.execution import Executor, InProcessExecutor
 from selma_ray.prompts.engines.base import (
     Completion,
     GenerationRequest,
@@ -27,8 +28,15 @@ __all__ = [
 ]
 
 
-def make_engine(cfg: PromptsConfig, *, seed: int = 0, cache_dir: str | None = None) -> PromptEngine:
-    """The engine ``cfg.engine`` names, configured from its section; models load lazily."""
+def make_engine(
+    cfg: PromptsConfig,
+    *,
+    seed: int = 0,
+    cache_dir: str | None = None,
+    executor: Executor | None = None,
+) -> PromptEngine:
+    """The engine ``cfg.engine`` names, configured from its section; models load lazily.
+    ``executor`` runs the ``vllm`` engine's requests (default: in this process)."""
     if cfg.engine == "scene-graph":
         from selma_ray.prompts.engines.scene_graph import SceneGraphEngine
 
@@ -42,8 +50,10 @@ def make_engine(cfg: PromptsConfig, *, seed: int = 0, cache_dir: str | None = No
 
         return OpenAIEngine(cfg.model, cfg.openai)
     if cfg.engine == "vllm":
-        from selma_ray.distributed.llm import VllmRayDataEngine
+        from selma_ray.prompts.engines.vllm_engine import VllmEngine
 
-        return VllmRayDataEngine(cfg.model, cfg.vllm, cache_dir=cache_dir)
+        return VllmEngine(
+            cfg.model, cfg.vllm, executor or InProcessExecutor(), cache_dir=cache_dir
+        )
     msg = f"prompts.engine: unknown engine {cfg.engine!r}"
     raise ValueError(msg)

@@ -5,20 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+from selma_ray import layout
 from selma_ray.config import TrainConfig
+from selma_ray.layout import CACHE_FILE
 from selma_ray.storage import RunDir
-from selma_ray.training.cache import (
-    CACHE_FILE,
-    CacheEncoder,
-    EncodedInputs,
-    cache_is_current,
-    cache_key,
-    encode_pairs,
-    load_components,
-)
+from selma_ray.training.components import load_components
 from selma_ray.training.data import load_pairs, write_synthetic_skill
+from selma_ray.training.encoder import CacheEncoder
+from selma_ray.training.inputs import EncodedInputs, encode_pairs
 from selma_ray.training.loop import LocalReporter, train_expert
+from selma_ray.training.store import cache_is_current, cache_key, cache_uri
 
 torch.set_num_threads(1)
 
@@ -119,3 +117,21 @@ def test_training_reads_the_encoded_cache(run_dir, tiny_models):
     meta = run_dir.read_json("experts", "whoops", "expert.json")
     assert meta["cache"]["enabled"] is True
     assert meta["cache"]["built"] is False  # the worker read what the encoder wrote
+
+
+def test_encoder_takes_the_train_config_typed_or_dumped_and_validates_it(run_dir, tiny_models):
+    typed = CacheEncoder(TRAIN, "tiny:sd", run_dir.uri, seed=7, device="cpu")
+    dumped = _encoder(run_dir, tiny_models)
+    assert isinstance(typed.train, TrainConfig) and isinstance(dumped.train, TrainConfig)
+    assert typed.train == dumped.train == TRAIN
+    assert typed.train is not TRAIN  # validated into the encoder's own copy
+    # the cache directory is the skill's in the run directory, whichever way it was given
+    assert typed.encode_skill("coco")["built"] is True
+    assert dumped.encode_skill("coco")["built"] is False
+    key = run_dir.read_json(*layout.cache_key("coco"))
+    assert cache_is_current(cache_uri(run_dir, "coco"), key)
+    assert cache_uri(run_dir, "coco") == run_dir.url("cache", "coco")
+    with pytest.raises(ValidationError, match="resolution"):
+        CacheEncoder({**TRAIN.model_dump(), "resolution": 2}, "tiny:sd", run_dir.uri)
+    with pytest.raises(ValidationError, match="cache_actors"):
+        CacheEncoder({**TRAIN.model_dump(), "cache_actors": 2}, "tiny:sd", run_dir.uri)

@@ -1,0 +1,72 @@
+"""The Ray executor: the stage cores' rows on Ray Data actor pools, experts on Ray Train.
+
+Implements :class:`selma_ray.execution.Executor`; the pipeline hands it to every stage when the
+run uses Ray (``ray.executor: ray``, the default), inside :func:`ray_session`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selma_ray.config import ActorPool
+from selma_ray.execution import ExpertJob
+
+
+class RayExecutor:
+    """Maps rows with :func:`~selma_ray.distributed.data.map_rows_with_actors` and trains
+    experts with :func:`~selma_ray.distributed.train.train_experts`; ``progress`` turns Ray
+    Data's progress bars on."""
+
+    def __init__(self, *, progress: bool = False) -> None:
+        self.progress = progress
+
+    def map_rows(
+        self,
+        rows: list[dict[str, Any]],
+        fn_cls: type,
+        *,
+        fn_kwargs: dict[str, Any],
+        pool: ActorPool,
+        rows_per_task: int,
+        whole_tasks: bool = False,
+    ) -> list[dict[str, Any]]:
+        import ray.data
+
+        from selma_ray.distributed.data import map_rows_with_actors
+
+        if not rows:
+            return []
+        _refuse_process_local(fn_kwargs)
+        ctx = ray.data.DataContext.get_current()
+        saved = ctx.enable_progress_bars
+        ctx.enable_progress_bars = self.progress
+        try:
+            return map_rows_with_actors(
+                rows,
+                fn_cls,
+                fn_kwargs=fn_kwargs,
+                pool=pool,
+                rows_per_task=rows_per_task,
+                whole_tasks=whole_tasks,
+            )
+        finally:
+            ctx.enable_progress_bars = saved
+
+    def train_experts(self, jobs: list[ExpertJob]) -> None:
+        from selma_ray.distributed.train import train_experts
+
+        for job in jobs:
+            _refuse_process_local({"run directory": job.run_dir_uri, "train": job.storage_path})
+        train_experts(jobs)
+
+
+def _refuse_process_local(kwargs: dict[str, Any]) -> None:
+    """A ``memory://`` URI lives in this process; Ray workers (other processes) cannot see it."""
+    for name, value in kwargs.items():
+        if isinstance(value, str) and value.startswith("memory://"):
+            msg = (
+                f"{name} {value!r} is in this process's memory, which Ray workers (other "
+                "processes) cannot see; use a local path, a shared filesystem or an object "
+                "store URI (s3://, gs://), or ray.executor: in-process"
+            )
+            raise ValueError(msg)

@@ -1,0 +1,196 @@
+"""What runs a stage core's work: the executor each stage is handed (no Ray here).
+
+A stage core never decides where its rows run. It builds rows and a callable class in the Ray
+Data style (load models once in ``__init__``, map a numpy batch in ``__call__``) and hands them
+to an :class:`Executor`, together with the :class:`~selma_ray.config.ActorPool` its config
+names. Stage 3 hands over one :class:`ExpertJob` per skill the same way.
+
+- :class:`InProcessExecutor` (here): runs everything in this process, one class instance per
+  map, batches in order, experts one after another. For tests, debugging and machines without
+  Ray; a ``memory://`` run directory works with it.
+- ``selma_ray.distributed.RayExecutor``: Ray Data actor pools and Ray Train, the same calls.
+
+The pipeline picks the executor (``ray.executor``); tests pass one in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from selma_ray.config import ActorPool, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExpertJob:
+    """One skill's expert to train (stage 3), everything a worker needs to run it."""
+
+    skill: str
+    train: TrainConfig
+    run_dir_uri: str
+    base_model: str
+    storage_path: str  # where checkpoints live (Ray Train storage / local checkpoint root)
+    model_cache_dir: str | None = None
+    seed: int = 0
+
+
+class Executor(Protocol):
+    """Maps rows over a pool of workers and launches expert training."""
+
+    def map_rows(
+        self,
+        rows: list[dict[str, Any]],
+        fn_cls: type,
+        *,
+        fn_kwargs: dict[str, Any],
+        pool: ActorPool,
+        rows_per_task: int,
+        whole_tasks: bool = False,
+    ) -> list[dict[str, Any]]:
+        """``fn_cls(**fn_kwargs)`` mapped over ``rows`` in batches of ``rows_per_task``.
+
+        Returns every output row, values as Python scalars. ``whole_tasks``: every task is
+        exactly one batch of the given rows (in order), each worker holds one task at a time
+        and the pool starts with as many workers as there are tasks (up to ``pool.max_size``),
+        so a small input is spread over every worker. Output order is not guaranteed.
+        """
+        ...
+
+    def train_experts(self, jobs: list[ExpertJob]) -> None:
+        """Train every job's expert (resuming from its latest checkpoint); raise naming the
+        skills that failed after every job has ended."""
+        ...
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def rows_to_batch(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Row dicts -> a numpy batch as Ray Data passes it (``batch_format="numpy"``)."""
+    if not rows:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows]
+        out[key] = np.array(values, dtype=object if isinstance(values[0], str) else None)
+    return out
+
+
+def py_value(value: Any) -> Any:
+    """numpy scalar -> Python scalar; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def batch_to_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A numpy batch -> row dicts with Python values."""
+    keys = list(batch)
+    n = len(batch[keys[0]]) if keys else 0
+    return [{k: py_value(batch[k][i]) for k in keys} for i in range(n)]
+
+
+def task_plan(n_rows: int, rows_per_task: int, max_workers: int) -> tuple[int, int]:
+    """(rows per task, number of tasks) for ``whole_tasks`` maps: at most ``rows_per_task``
+    rows a task, at least one task per worker while rows last, tasks of even size (so no
+    worker gets a straggler). A pure function of its arguments."""
+    if n_rows <= 0:
+        return rows_per_task, 0
+    n_tasks = max(min(max_workers, n_rows), -(-n_rows // rows_per_task))
+    per_task = -(-n_rows // n_tasks)
+    return per_task, -(-n_rows // per_task)
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+class InProcessExecutor:
+    """Everything in this process: one ``fn_cls`` instance per map, experts in turn.
+
+    Expert checkpoints go to ``<storage_path>/<run name>/checkpoint_<step>`` when the storage
+    path is local (a rerun resumes from the newest), else to a temporary directory.
+    """
+
+    def map_rows(
+        self,
+        rows: list[dict[str, Any]],
+        fn_cls: type,
+        *,
+        fn_kwargs: dict[str, Any],
+        pool: ActorPool,
+        rows_per_task: int,
+        whole_tasks: bool = False,
+    ) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        if whole_tasks:
+            rows_per_task, _ = task_plan(len(rows), rows_per_task, pool.max_size)
+        fn = fn_cls(**fn_kwargs)
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(rows), rows_per_task):
+            out.extend(batch_to_rows(fn(rows_to_batch(rows[start : start + rows_per_task]))))
+        return out
+
+    def train_experts(self, jobs: list[ExpertJob]) -> None:
+        from selma_ray.layout import train_run_name
+        from selma_ray.training.loop import ExpertCheckpoint, LocalReporter, train_expert
+
+        errors: dict[str, BaseException] = {}
+        for job in jobs:
+            directory = _local_checkpoint_dir(job.storage_path, train_run_name(job.skill))
+            reporter = LocalReporter(directory, num_to_keep=job.train.num_to_keep)
+            latest = _latest_checkpoint(directory)
+            if latest is not None:
+                reporter.checkpoints.append(latest)
+            try:
+                train_expert(
+                    job.train,
+                    skill=job.skill,
+                    run_dir_uri=job.run_dir_uri,
+                    base_model=job.base_model,
+                    model_cache_dir=job.model_cache_dir,
+                    seed=job.seed,
+                    reporter=reporter,
+                    resume=ExpertCheckpoint.from_dir(latest[1]) if latest else None,
+                )
+            except Exception as e:  # noqa: BLE001 - collected and raised below
+                log.exception("expert %s failed", job.skill)
+                errors[job.skill] = e
+        raise_expert_failures(errors, len(jobs))
+
+
+def raise_expert_failures(errors: dict[str, BaseException], n_jobs: int) -> None:
+    """One error naming every failed expert (finished experts stay finished for the rerun)."""
+    if not errors:
+        return
+    detail = "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in errors.items())
+    msg = f"{len(errors)} of {n_jobs} experts failed ({detail}); rerun to resume them"
+    raise RuntimeError(msg) from next(iter(errors.values()))
+
+
+def _local_checkpoint_dir(storage_path: str, name: str) -> str:
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, root = fsspec.core.url_to_fs(storage_path)
+    if isinstance(fs, LocalFileSystem):
+        return os.path.join(root, name)
+    return tempfile.mkdtemp(prefix=f"selma-{name}-")
+
+
+def _latest_checkpoint(directory: str) -> tuple[int, str] | None:
+    if not os.path.isdir(directory):
+        return None
+    found = [
+        (int(m.group(1)), os.path.join(directory, n))
+        for n in os.listdir(directory)
+        if (m := re.fullmatch(r"checkpoint_(\d+)", n))
+    ]
+    return max(found) if found else None

@@ -1,0 +1,198 @@
+"""The run directory's layout: the one place that spells a path inside a run directory.
+
+Every function returns the path parts relative to the run directory, to be splatted into a
+:class:`~selma_ray.storage.RunDir` call (``run_dir.read_json(*layout.expert_meta("coco"))``).
+Nothing else in selma-ray names a run-directory folder or file::
+
+    config.yaml  manifest.json
+    prompts/<skill>.jsonl  <skill>.parquet  stats.json  state/
+    images/<skill>/<prompt_id>_<i>.png  metadata.jsonl      images/stats.json
+    cache/<skill>/inputs.safetensors  cache.json             cache/encode.json
+    train/expert-<skill>/                (Ray Train runs: checkpoints for resume)
+    experts/<skill>/pytorch_lora_weights.safetensors  expert.json  curves.json
+    merged/pytorch_lora_weights.safetensors  merge.json  README.md  pipeline/
+    eval/images/<variant>/<item_id>.png  answers.parquet  report.json  report.html
+    logs/
+"""
+
+from __future__ import annotations
+
+Parts = tuple[str, ...]
+
+# ----------------------------------------------------------------------- file names
+#: The diffusers LoRA file name (``load_lora_weights`` looks for it by default).
+LORA_FILE = "pytorch_lora_weights.safetensors"
+CONFIG_FILE = "config.yaml"
+MANIFEST_FILE = "manifest.json"
+STATS_FILE = "stats.json"
+#: The Hugging Face imagefolder metadata file of each skill's images.
+METADATA_FILE = "metadata.jsonl"
+EXPERT_META_FILE = "expert.json"
+CURVES_FILE = "curves.json"
+MERGE_META_FILE = "merge.json"
+MODEL_CARD_FILE = "README.md"
+CACHE_FILE = "inputs.safetensors"
+CACHE_KEY_FILE = "cache.json"
+CACHE_SUMMARY_FILE = "encode.json"
+ANSWERS_FILE = "answers.parquet"
+REPORT_FILE = "report.json"
+REPORT_HTML_FILE = "report.html"
+CONTACT_SHEET_FILE = "contact_sheet.png"
+
+# ----------------------------------------------------------------------- stage folders
+PROMPTS = "prompts"
+IMAGES = "images"
+CACHE = "cache"
+TRAIN = "train"
+EXPERTS = "experts"
+MERGED = "merged"
+EVAL = "eval"
+LOGS = "logs"
+#: Folders each stage owns (discarded by ``--redo``).
+STAGE_OUTPUTS: dict[str, Parts] = {
+    "prompts": (PROMPTS,),
+    "images": (IMAGES,),
+    "experts": (EXPERTS, CACHE, TRAIN),
+    "merge": (MERGED,),
+    "eval": (EVAL,),
+}
+
+
+def config() -> Parts:
+    return (CONFIG_FILE,)
+
+
+def manifest() -> Parts:
+    return (MANIFEST_FILE,)
+
+
+def logs(*name: str) -> Parts:
+    return (LOGS, *name)
+
+
+# ----------------------------------------------------------------------- stage 1
+def prompts_dir() -> Parts:
+    return (PROMPTS,)
+
+
+def prompts_file(skill: str, suffix: str = "jsonl") -> Parts:
+    return (PROMPTS, f"{skill}.{suffix}")
+
+
+def prompts_stats() -> Parts:
+    return (PROMPTS, STATS_FILE)
+
+
+def prompts_state(*name: str) -> Parts:
+    return (PROMPTS, "state", *name)
+
+
+# ----------------------------------------------------------------------- stage 2
+def images_dir(*skill_and_file: str) -> Parts:
+    return (IMAGES, *skill_and_file)
+
+
+def images_metadata(skill: str) -> Parts:
+    return (IMAGES, skill, METADATA_FILE)
+
+
+def images_stats() -> Parts:
+    return (IMAGES, STATS_FILE)
+
+
+# ----------------------------------------------------------------------- stage 3
+def cache_dir(skill: str) -> Parts:
+    return (CACHE, skill)
+
+
+def cache_file(skill: str) -> Parts:
+    return (CACHE, skill, CACHE_FILE)
+
+
+def cache_key(skill: str) -> Parts:
+    return (CACHE, skill, CACHE_KEY_FILE)
+
+
+def cache_summary() -> Parts:
+    return (CACHE, CACHE_SUMMARY_FILE)
+
+
+def train_dir() -> Parts:
+    return (TRAIN,)
+
+
+def train_run_name(skill: str) -> str:
+    """The Ray Train run name of a skill's expert (``train/<name>/``)."""
+    return f"expert-{skill}"
+
+
+def experts_dir() -> Parts:
+    return (EXPERTS,)
+
+
+def expert_dir(skill: str) -> Parts:
+    return (EXPERTS, skill)
+
+
+def expert_lora(skill: str) -> Parts:
+    return (EXPERTS, skill, LORA_FILE)
+
+
+def expert_meta(skill: str) -> Parts:
+    return (EXPERTS, skill, EXPERT_META_FILE)
+
+
+def expert_curves(skill: str) -> Parts:
+    return (EXPERTS, skill, CURVES_FILE)
+
+
+# ----------------------------------------------------------------------- stage 4
+def merged_dir(*name: str) -> Parts:
+    return (MERGED, *name)
+
+
+def merged_lora() -> Parts:
+    return (MERGED, LORA_FILE)
+
+
+def merged_meta() -> Parts:
+    return (MERGED, MERGE_META_FILE)
+
+
+def merged_card() -> Parts:
+    return (MERGED, MODEL_CARD_FILE)
+
+
+def merged_pipeline() -> Parts:
+    return (MERGED, "pipeline")
+
+
+# ----------------------------------------------------------------------- stage 5
+def eval_dir(*name: str) -> Parts:
+    return (EVAL, *name)
+
+
+def eval_images(*variant_and_file: str) -> Parts:
+    return (EVAL, IMAGES, *variant_and_file)
+
+
+def eval_answers() -> Parts:
+    return (EVAL, ANSWERS_FILE)
+
+
+def eval_report() -> Parts:
+    return (EVAL, REPORT_FILE)
+
+
+def eval_report_html() -> Parts:
+    return (EVAL, REPORT_HTML_FILE)
+
+
+def eval_contact_sheet() -> Parts:
+    return (EVAL, CONTACT_SHEET_FILE)
+
+
+# ----------------------------------------------------------------------- variants
+def expert_variant(skill: str) -> str:
+    """The variant name of a skill's expert in evaluation and serving."""
+    return f"expert-{skill}"
