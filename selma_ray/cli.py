@@ -32,6 +32,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one config field (repeatable), e.g. --set prompts.num_prompts=100",
     )
+    p.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="rehearse the preset on CPU: tiny same-architecture stand-ins for every model, "
+        "counts and sizes shrunk (same as --set rehearse=true)",
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -141,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> SelmaConfig:
     overrides = list(args.overrides)
+    if getattr(args, "rehearse", False):
+        overrides.append("rehearse=true")
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
     return load_config(args.config, preset=args.preset, overrides=overrides)

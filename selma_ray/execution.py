@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,15 +139,14 @@ class InProcessExecutor:
 
     def train_experts(self, jobs: list[ExpertJob]) -> None:
         from selma_ray.layout import train_run_name
-        from selma_ray.training.loop import ExpertCheckpoint, LocalReporter, train_expert
+        from selma_ray.training.loop import LocalReporter, train_expert
+        from selma_ray.training.resume import checkpoint_steps, latest_checkpoint
 
         errors: dict[str, BaseException] = {}
         for job in jobs:
             directory = _local_checkpoint_dir(job.storage_path, train_run_name(job.skill))
             reporter = LocalReporter(directory, num_to_keep=job.train.num_to_keep)
-            latest = _latest_checkpoint(directory)
-            if latest is not None:
-                reporter.checkpoints.append(latest)
+            reporter.checkpoints = sorted(checkpoint_steps(directory))
             try:
                 train_expert(
                     job.train,
@@ -158,7 +156,7 @@ class InProcessExecutor:
                     model_cache_dir=job.model_cache_dir,
                     seed=job.seed,
                     reporter=reporter,
-                    resume=ExpertCheckpoint.from_dir(latest[1]) if latest else None,
+                    resume=latest_checkpoint(directory),
                 )
             except Exception as e:  # noqa: BLE001 - collected and raised below
                 log.exception("expert %s failed", job.skill)
@@ -183,14 +181,3 @@ def _local_checkpoint_dir(storage_path: str, name: str) -> str:
     if isinstance(fs, LocalFileSystem):
         return os.path.join(root, name)
     return tempfile.mkdtemp(prefix=f"selma-{name}-")
-
-
-def _latest_checkpoint(directory: str) -> tuple[int, str] | None:
-    if not os.path.isdir(directory):
-        return None
-    found = [
-        (int(m.group(1)), os.path.join(directory, n))
-        for n in os.listdir(directory)
-        if (m := re.fullmatch(r"checkpoint_(\d+)", n))
-    ]
-    return max(found) if found else None

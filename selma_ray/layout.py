@@ -12,6 +12,7 @@ Nothing else in selma-ray names a run-directory folder or file::
     experts/<skill>/pytorch_lora_weights.safetensors  expert.json  curves.json
     merged/pytorch_lora_weights.safetensors  merge.json  README.md  pipeline/
     eval/images/<variant>/<item_id>.png  answers.parquet  report.json  report.html
+    eval/answers/part-<hash>.parquet  stats.json    (VQA answers as they come: resume)
     logs/
 """
 
@@ -178,6 +179,16 @@ def eval_images(*variant_and_file: str) -> Parts:
 
 def eval_answers() -> Parts:
     return (EVAL, ANSWERS_FILE)
+
+
+def eval_answer_parts(*name: str) -> Parts:
+    """The folder (or one file) of answer parts, written per batch as the VQA model answers."""
+    return (EVAL, "answers", *name)
+
+
+def eval_stats() -> Parts:
+    """What the last eval run asked the VQA model and what it found answered before."""
+    return (EVAL, STATS_FILE)
 
 
 def eval_report() -> Parts:

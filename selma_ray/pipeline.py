@@ -25,7 +25,9 @@ from typing import Any
 from selma_ray import layout
 from selma_ray.config import ConfigError, SelmaConfig, fingerprint_hash
 from selma_ray.execution import Executor, InProcessExecutor
-from selma_ray.storage import Manifest, RunDir
+from selma_ray.preflight import preflight, preflight_resources
+from selma_ray.rehearsal import describe as describe_rehearsal
+from selma_ray.storage import Manifest, RunDir, check_storage
 
 log = logging.getLogger(__name__)
 
@@ -191,21 +193,34 @@ def run_pipeline(
     """Run the selected stages (default: all) in order in ``run_dir``; see the module docstring.
 
     ``executor``: what runs the stages' rows (default: from ``ray.executor``; a Ray session is
-    then started or joined when the first stage that needs it runs).
+    then started or joined before the first stage when a stage to run needs it).
+
+    Before any stage starts, :mod:`selma_ray.preflight` checks what the selected stages need
+    (models, resolutions, counts, a writable run directory; then, on Ray, the cluster's CPUs
+    and GPUs) and raises one :class:`ConfigError` listing every problem.
     """
     uri = run_dir or cfg.storage.run_dir or default_run_dir(latest_link=True)
+    check_storage(uri, cfg.train.storage_path)  # missing bucket / bad credentials: fail now
     selected = select_stages(stages)
     if "all" in redo:
         redo = [s.name for s in selected]
     select_stages(list(redo))  # validates names
+    preflight(cfg, uri, [s.name for s in selected])  # bad input: refused before any work
     rd = RunDir(uri)
     rd.makedirs()
     manifest = Manifest(rd)
+    if cfg.rehearsal:
+        manifest.data["rehearsal"] = cfg.rehearsal
+        manifest.save()
     summary = RunSummary(run_dir=uri)
     plan = _plan(cfg, manifest, selected, set(redo))
     rd.write_text(cfg.to_yaml(), *layout.config())
     ctx = StageContext(cfg=cfg, run_dir=rd, progress=progress)
     with ExitStack() as stack:
+        to_run = [stage for stage, _, action in plan if action != "skip"]
+        if executor is None and any(stage.needs_ray(cfg) for stage in to_run):
+            executor = _start_executor(cfg, stack, progress=progress)
+        _check_cluster(cfg, executor, [stage.name for stage in to_run])
         for stage, fingerprint, action in plan:
             if action == "skip":
                 log.info("stage %s: done with the same config, skipped", stage.name)
@@ -213,8 +228,6 @@ def run_pipeline(
                 continue
             if action == "redo":
                 _discard(rd, manifest, stage)
-            if stage.needs_ray(cfg) and executor is None:
-                executor = _start_executor(cfg, stack, progress=progress)
             ctx.executor = executor or InProcessExecutor()
             log.info("stage %s: running", stage.name)
             manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))
@@ -230,7 +243,7 @@ def run_pipeline(
             summary.seconds[stage.name] = round(seconds, 3)
             if not result.complete:
                 summary.incomplete.append(stage.name)
-    summary.notes = ctx.notes
+    summary.notes = [*describe_rehearsal(cfg.rehearsal), *ctx.notes]
     return summary
 
 
@@ -242,6 +255,19 @@ def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Ex
 
     stack.enter_context(ray_session(cfg.ray))
     return RayExecutor(progress=progress)
+
+
+def _check_cluster(cfg: SelmaConfig, executor: Executor | None, stages: list[str]) -> None:
+    """Preflight of the CPUs and GPUs the stages ask for, against this Ray session's cluster."""
+    from selma_ray.distributed import RayExecutor
+
+    if not isinstance(executor, RayExecutor):
+        return
+    from selma_ray.distributed.resources import cluster_offer
+
+    offer = cluster_offer()
+    if offer is not None:
+        preflight_resources(cfg, stages, offer)
 
 
 def _plan(

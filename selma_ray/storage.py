@@ -1,8 +1,17 @@
 """The run directory: every stage's outputs and the manifest, on any fsspec URI.
 
 A run directory is a local path, ``file://``, ``memory://`` (tests) or a cloud URI (``s3://``,
-``gs://`` with s3fs / gcsfs installed). Writes are atomic: a reader never sees half a file,
-and a killed writer never leaves one behind, so a rerun can trust whatever exists.
+``gs://`` with s3fs / gcsfs installed: the ``cloud`` extra). Writes are atomic: a reader never
+sees half a file, and a killed writer never leaves one behind, so a rerun can trust whatever
+exists.
+
+Object stores: the filesystem is opened without fsspec's listing cache (Ray workers in other
+processes write the files this process lists), and "directories" are never created (a
+``makedirs`` on S3 would create a missing bucket). Endpoint and credentials come from the
+store's own configuration (S3: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... read by
+botocore). :func:`check_storage` fails fast, before any work, when a bucket is missing or the
+credentials are rejected; :func:`arrow_filesystem` hands the same fsspec filesystem to
+libraries that take a ``pyarrow.fs`` filesystem (Ray Train's checkpoint storage).
 
 The manifest (``manifest.json``) records, per stage, its status, the fingerprint of the config
 it ran with, counts and timings. It is what makes reruns cheap: a finished stage whose
@@ -21,9 +30,41 @@ from contextlib import contextmanager
 from typing import Any
 
 import fsspec
+from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from selma_ray import layout
+from selma_ray.config import ConfigError
+
+#: fsspec protocols of object stores: no listing cache, no directories (see the module doc).
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs"})
+#: Where each object store's fsspec implementation comes from (all in the ``cloud`` extra).
+_STORE_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+
+
+def protocol_of(uri: str) -> str:
+    """The fsspec protocol of ``uri`` (``file`` for a plain path; the outermost of a chain)."""
+    protocol, _ = fsspec.core.split_protocol(uri.split("::", 1)[0])
+    return protocol or "file"
+
+
+def open_filesystem(uri: str) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem and path of ``uri``; object stores without a listing cache.
+
+    Raises :class:`~selma_ray.config.ConfigError` naming the package to install when the
+    protocol's implementation (s3fs, gcsfs) is missing.
+    """
+    protocol = protocol_of(uri)
+    options = {"use_listings_cache": False} if protocol in OBJECT_STORES else {}
+    try:
+        return fsspec.core.url_to_fs(uri, **options)
+    except ImportError as e:
+        package = _STORE_PACKAGES.get(protocol, f"the fsspec implementation of {protocol}://")
+        msg = (
+            f"{uri}: {protocol}:// needs {package}, which is not installed ({e}); install the "
+            "cloud extra: pip install 'selma-ray[cloud]'"
+        )
+        raise ConfigError(msg) from e
 
 
 class RunDir:
@@ -34,9 +75,10 @@ class RunDir:
             msg = "run directory URI is empty: pass --run-dir PATH_OR_URI"
             raise ValueError(msg)
         self.uri = uri.rstrip("/") or "/"
-        self.fs, root = fsspec.core.url_to_fs(self.uri)
+        self.fs, root = open_filesystem(self.uri)
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_object_store = protocol_of(self.uri) in OBJECT_STORES
         if self.is_local:
             # absolute, so Ray workers (whose working directory differs) find the same place
             self.uri = self.root
@@ -58,7 +100,9 @@ class RunDir:
         return self.fs.exists(self.path(*parts))
 
     def makedirs(self, *parts: str) -> None:
-        self.fs.makedirs(self.path(*parts), exist_ok=True)
+        """Create a folder (nothing on object stores: keys need no folders)."""
+        if not self.is_object_store:
+            self.fs.makedirs(self.path(*parts), exist_ok=True)
 
     def listdir(self, *parts: str) -> list[str]:
         p = self.path(*parts)
@@ -89,7 +133,7 @@ class RunDir:
         """Write a whole file atomically (temp file + rename locally; one PUT on object stores)."""
         target = self.path(*parts)
         parent = posixpath.dirname(target)
-        if parent:
+        if parent and not self.is_object_store:
             self.fs.makedirs(parent, exist_ok=True)
         if self.is_local:
             tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
@@ -109,6 +153,98 @@ class RunDir:
 
     def write_jsonl(self, rows: Iterable[dict[str, Any]], *parts: str) -> None:
         self.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), *parts)
+
+
+# --------------------------------------------------------------------------- object stores
+
+
+def arrow_filesystem(uri: str) -> tuple[Any | None, str]:
+    """``(pyarrow filesystem, path on it)`` of ``uri`` for libraries that take a ``pyarrow.fs``
+    filesystem (Ray Train's ``RunConfig(storage_filesystem=..., storage_path=...)``).
+
+    A local path gives ``(None, absolute path)``: the library resolves it itself. Anything else
+    gives the run directory's own fsspec filesystem wrapped for pyarrow and the path without
+    its scheme, so the checkpoints go where the run directory's files go, with the same
+    endpoint and credentials. (pyarrow's own S3 client does not read ``AWS_ENDPOINT_URL`` when
+    built as ``S3FileSystem()``, only through ``FileSystem.from_uri``.)
+    """
+    import pyarrow.fs
+
+    fs, path = open_filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        return None, path
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path.rstrip("/")
+
+
+def check_storage(run_dir: str, train_storage: str | None = None) -> None:
+    """Fail fast, before any work, when the run directory (or ``train.storage_path``) is on an
+    object store that cannot be used: its package missing, its bucket missing, credentials
+    missing or rejected, the endpoint unreachable.
+
+    Raises :class:`~selma_ray.config.ConfigError` naming the URI and the fix. On S3 it asks for
+    the bucket (``HeadBucket``: the ``s3:ListBucket`` permission the run needs anyway); on other
+    object stores for the run directory's path, so access errors are caught but a missing
+    bucket only shows at the first write. Local and ``memory://`` paths are not checked.
+    """
+    for what, uri in (("--run-dir", run_dir), ("train.storage_path", train_storage)):
+        if not uri:
+            continue
+        protocol = protocol_of(uri)
+        if protocol not in OBJECT_STORES:
+            continue
+        fs, root = open_filesystem(uri)
+        bucket = root.split("/", 1)[0]
+        s3 = protocol in ("s3", "s3a")
+        try:
+            fs.info(bucket if s3 else root)
+        except FileNotFoundError as e:
+            if s3:
+                msg = (
+                    f"{what} {uri}: bucket {bucket!r} does not exist at endpoint "
+                    f"{_endpoint(fs)}; create it or fix {what} (or AWS_ENDPOINT_URL)"
+                )
+                raise ConfigError(msg) from e
+        except Exception as e:  # noqa: BLE001 - every failure becomes a message naming the fix
+            raise ConfigError(_storage_problem(what, uri, bucket, fs, e, s3=s3)) from e
+
+
+def _endpoint(fs: AbstractFileSystem) -> str:
+    """The endpoint an S3 filesystem talks to (as its client resolved it), for messages."""
+    try:
+        return str(fs.s3.meta.endpoint_url)
+    except Exception:  # noqa: BLE001 - no client (e.g. no credentials): say what was configured
+        configured = (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url")
+        return str(
+            configured
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or "the default AWS endpoint"
+        )
+
+
+def _storage_problem(
+    what: str, uri: str, bucket: str, fs: AbstractFileSystem, error: BaseException, *, s3: bool
+) -> str:
+    detail = f"{type(error).__name__}: {error}"
+    names = {c.__name__ for c in type(error).__mro__}
+    where = f"bucket {bucket!r} at endpoint {_endpoint(fs)}" if s3 else f"bucket {bucket!r}"
+    if isinstance(error, PermissionError):
+        fix = (
+            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, the instance "
+            "profile) and that they may list, read and write the bucket"
+            if s3
+            else "check the credentials and that they may list, read and write the bucket"
+        )
+        return f"{what} {uri}: access denied to {where} ({detail}): {fix}"
+    if "NoCredentialsError" in names:
+        return (
+            f"{what} {uri}: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or give the nodes an instance profile)"
+        )
+    if "EndpointConnectionError" in names or isinstance(error, (ConnectionError, TimeoutError)):
+        fix = "check AWS_ENDPOINT_URL and the network" if s3 else "check the network"
+        return f"{what} {uri}: cannot reach {where} ({detail}): {fix}"
+    return f"{what} {uri}: cannot use {where} ({detail}); fix {what} or the storage settings"
 
 
 # --------------------------------------------------------------------------- manifest

@@ -78,3 +78,53 @@ def ray_cluster(_ray_session_teardown):
 def ray_module(_ray_session_teardown):
     """The same shared Ray for a module-scoped fixture (e.g. one Serve app per module)."""
     return _ensure_ray()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server (the real S3 HTTP protocol) on 127.0.0.1, a free port; its endpoint URL.
+
+    Buckets are created by the tests that use them; moto accepts any credentials unless a test
+    turns on its IAM checks (``moto.core.authorization.enable_iam_authentication``).
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+#: AWS settings read from the environment by botocore (s3fs) and pyarrow; none may leak in.
+AWS_VARS = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+    "AWS_EC2_METADATA_DISABLED",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """The standard AWS variables pointing at :func:`s3_server`, for this module's tests and
+    every process they start (a Ray started afterwards passes them to its workers)."""
+    import s3fs
+
+    env = {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "selma-test-key",
+        "AWS_SECRET_ACCESS_KEY": "selma-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never ask a cloud metadata service
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key in AWS_VARS:
+            mp.delenv(key, raising=False)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # none built with other settings
+        yield env
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -1,7 +1,8 @@
 """Ray Train V2 launcher for stage 3: one ``TorchTrainer`` per skill expert, all at once.
 
 Each :class:`~selma_ray.execution.ExpertJob` is its own Ray Train run (named by
-``layout.train_run_name(skill)``) under the job's storage path, with DDP over
+``layout.train_run_name(skill)``) under the job's storage path (on an object store: through the
+run directory's own fsspec filesystem, :func:`selma_ray.storage.arrow_filesystem`), with DDP over
 ``train.num_workers`` workers. All skills are launched together from driver threads (which hold
 no Ray resources); runs that do not fit the cluster wait for room. Running the stage again with
 the same storage path resumes every unfinished expert from its latest checkpoint: Ray Train
@@ -20,6 +21,7 @@ from typing import Any
 from selma_ray.config import TrainConfig
 from selma_ray.execution import ExpertJob, raise_expert_failures
 from selma_ray.layout import train_run_name
+from selma_ray.storage import arrow_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,17 @@ class RayReporter:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point on every worker: resume from the latest checkpoint, then train."""
+    """Ray Train entry point on every worker: resume from the latest checkpoint, then train.
+
+    The latest checkpoint is the one Ray Train registered, else the newest complete one on
+    storage (a worker killed just after writing a checkpoint dies before its controller has
+    registered it; that work is not lost).
+    """
     import ray.train
     import ray.train.torch
 
     from selma_ray.training.loop import ExpertCheckpoint, train_expert
+    from selma_ray.training.resume import latest_checkpoint
 
     ctx = ray.train.get_context()
     resume = None
@@ -52,6 +60,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             resume = ExpertCheckpoint.from_dir(path)
+    stored = latest_checkpoint(config["checkpoints_uri"])
+    if stored is not None and (resume is None or stored.step > resume.step):
+        resume = stored
     world_size = ctx.get_world_size()
     train_expert(
         TrainConfig.model_validate(config["train"]),
@@ -68,12 +79,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
 
+def checkpoints_uri(job: ExpertJob) -> str:
+    """Where Ray Train writes this expert's checkpoint folders (a URI fsspec reads)."""
+    return f"{job.storage_path.rstrip('/')}/{train_run_name(job.skill)}"
+
+
 def make_trainer(job: ExpertJob) -> Any:
     """The ``TorchTrainer`` for one skill's expert."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = job.train
+    # an object store goes through fsspec (s3fs reads AWS_ENDPOINT_URL; pyarrow's own S3 client
+    # built from the URI would configure itself separately); a local path stays a path
+    storage_filesystem, storage_path = arrow_filesystem(job.storage_path)
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = 1
@@ -86,13 +105,15 @@ def make_trainer(job: ExpertJob) -> Any:
             "base_model": job.base_model,
             "model_cache_dir": job.model_cache_dir,
             "seed": job.seed,
+            "checkpoints_uri": checkpoints_uri(job),
         },
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=train_run_name(job.skill),
-            storage_path=job.storage_path,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),

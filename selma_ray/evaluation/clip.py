@@ -1,9 +1,10 @@
 """Stage-5 CLIPScore with a transformers ``CLIPModel`` (Ray Data callable class).
 
-:class:`ClipScorer` loads ``CLIPModel`` + ``CLIPProcessor`` by reference (``openai/clip-vit-
-large-patch14`` as in the CLIPScore paper, a local path, or ``tiny:clip``) and maps a batch of
-``{"image_uri", "text"}`` rows to ``clip_score`` (``2.5 * max(cos, 0)``, see
-:func:`selma_ray.evaluation.scoring.clip_score`) from the projected image and text embeddings.
+:class:`ClipScorer` loads ``CLIPModel`` + ``CLIPProcessor`` by reference
+(``openai/clip-vit-large-patch14``, a local path, ``tiny:clip``, or ``tiny:clip-vit-l``, the
+ViT-L/14 stand-in) and maps a batch of ``{"image_uri", "text"}`` rows to ``clip_score``
+(``2.5 * max(cos, 0)``, see :func:`selma_ray.evaluation.scoring.clip_score`) from the projected
+image and text embeddings.
 """
 
 from __future__ import annotations

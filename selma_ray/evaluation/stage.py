@@ -12,8 +12,12 @@ over skills).
 Every variant draws the same items with the same seeds (``image_seed(seed, item_id, 0)``) with
 stage 2's drawing (:class:`LoraImageGenerator` swaps the LoRA per variant) on ``eval.pool``,
 into ``eval/images/<variant>/<item_id>.png``; existing images are kept (resume). Every question
-is answered by the VQA backend on the same pool (through the executor the stage is handed);
-answers go to ``eval/answers.parquet``
+is answered by the VQA backend on the same pool (through the executor the stage is handed).
+Each batch's answers are saved as they come (:class:`AnswerSaver`: one part file per batch
+under ``eval/answers/``), so a rerun after a kill or a failure asks only the questions with no
+saved answer: key (variant, benchmark, item_id, question_id), for the same question text and
+the same VQA settings (model, answer matcher); ``eval/stats.json`` says how many were asked
+now and how many were answered before. The answers are assembled into ``eval/answers.parquet``
 (``item_id, question_id, answer, model`` = variant, ``benchmark``, ``question``), which
 ``selma-ray evaluate rescore dsg1k eval/answers.parquet`` re-scores to the same DSG-1k numbers
 (both use the ``reference`` rules). Scores + CLIPScore go to ``eval/report.json``, and the HTML
@@ -22,7 +26,9 @@ report is rebuilt (:func:`selma_ray.evaluation.report.build_report`).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -43,6 +49,7 @@ from selma_ray.execution import Executor, batch_to_rows, rows_to_batch
 from selma_ray.images.generate import ImageGenerator, image_seed
 from selma_ray.images.stage import draw_rows
 from selma_ray.layout import eval_images
+from selma_ray.rehearsal import describe as describe_rehearsal
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
@@ -294,6 +301,120 @@ def score_rows(
     )
 
 
+#: Columns that identify one answer (besides the VQA settings and the question text).
+ANSWER_KEY = ("model", "benchmark", "item_id", "question_id")
+
+
+def answer_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
+    """A row's :data:`ANSWER_KEY` values (variant, benchmark, item id, question id)."""
+    model, benchmark, item_id, question_id = (row[c] for c in ANSWER_KEY)
+    return str(model), str(benchmark), str(item_id), int(question_id)
+
+
+def vqa_identity(vqa_kwargs: dict[str, Any]) -> str:
+    """The VQA settings an answer was given under (a changed model or matcher asks again)."""
+    return json.dumps(vqa_kwargs, sort_keys=True, default=str)
+
+
+def write_answer_part(run_dir: RunDir, rows: list[dict[str, Any]], vqa: str) -> None:
+    """One batch's answered rows as a part file, named by its questions (a retried batch
+    rewrites the same file), written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not rows:
+        return
+    keys = json.dumps(sorted(answer_key(r) for r in rows))
+    name = hashlib.sha256(f"{vqa}\n{keys}".encode()).hexdigest()[:20]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{**r, "vqa": vqa} for r in rows]), buf)
+    run_dir.write_bytes(buf.getvalue(), *layout.eval_answer_parts(f"part-{name}.parquet"))
+
+
+def saved_answers(run_dir: RunDir, vqa: str) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """{answer key: row} of every saved answer given under the VQA settings ``vqa``."""
+    import pyarrow.parquet as pq
+
+    out: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for name in run_dir.listdir(*layout.eval_answer_parts()):
+        if not (name.startswith("part-") and name.endswith(".parquet")):
+            continue  # e.g. the temporary file of a write that was killed
+        data = run_dir.read_bytes(*layout.eval_answer_parts(name))
+        for row in pq.read_table(io.BytesIO(data)).to_pylist():
+            if row.pop("vqa", None) == vqa:
+                out.setdefault(answer_key(row), row)
+    return out
+
+
+class AnswerSaver:
+    """Callable class around a scorer (``scorer_cls(**scorer_kwargs)``, loaded once): answers
+    a batch, saves the batch's answers (:func:`write_answer_part`) and then returns them.
+
+    Saving here, in the worker, keeps one map over every question (each model loaded once per
+    worker); mapping chunks one after another from the driver would load it once per chunk.
+    """
+
+    def __init__(
+        self, scorer_cls: type, scorer_kwargs: dict[str, Any], run_dir_uri: str, vqa: str
+    ) -> None:
+        self.scorer = scorer_cls(**scorer_kwargs)
+        self.run_dir = RunDir(run_dir_uri)
+        self.vqa = vqa
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = self.scorer(batch)
+        write_answer_part(self.run_dir, batch_to_rows(out), self.vqa)
+        return out
+
+
+def answer_questions(
+    cfg: SelmaConfig,
+    run_dir: RunDir,
+    rows: list[dict[str, Any]],
+    scorer_cls: type,
+    scorer_kwargs: dict[str, Any],
+    executor: Executor,
+) -> list[dict[str, Any]]:
+    """Every question row with its answer: saved answers (same key, question text and VQA
+    settings) are reused, the other rows are asked on ``eval.pool`` and saved as they come.
+    Writes ``eval/stats.json`` (questions, answered_before, asked_now)."""
+    vqa = vqa_identity(scorer_kwargs)
+    saved = saved_answers(run_dir, vqa)
+    done, todo = [], []
+    for row in rows:
+        old = saved.get(answer_key(row))
+        if old is not None and old["question"] == row["question"]:
+            done.append(old)
+        else:
+            todo.append(row)
+    if done:
+        log.info(
+            "eval: %d of %d questions answered before; asking %d", len(done), len(rows), len(todo)
+        )
+    asked = []
+    if todo:
+        asked = executor.map_rows(
+            todo,
+            AnswerSaver,
+            fn_kwargs={
+                "scorer_cls": scorer_cls,
+                "scorer_kwargs": {**scorer_kwargs, "cache_dir": cfg.storage.cache_dir},
+                "run_dir_uri": run_dir.uri,
+                "vqa": vqa,
+            },
+            pool=cfg.eval.pool,
+            rows_per_task=cfg.eval.rows_per_task,
+        )
+    stats = {
+        "questions": len(rows),
+        "answered_before": len(done),
+        "asked_now": len(todo),
+        "vqa": json.loads(vqa),
+    }
+    run_dir.write_json(stats, *layout.eval_stats())
+    return done + asked
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -346,7 +467,8 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
     n_written = sum(bool(r.get("written")) for r in drawn)
 
     qrows = question_rows(run_dir, items, variants)
-    answered = score_rows(cfg, qrows, VQAScorer, {"model_ref": ecfg.vqa_model}, executor)
+    vqa_kwargs = {"model_ref": ecfg.vqa_model, "answer_matcher": ecfg.answer_matcher}
+    answered = answer_questions(cfg, run_dir, qrows, VQAScorer, vqa_kwargs, executor)
     answered.sort(
         key=lambda r: (variants.index(str(r["model"])), str(r["item_id"]), int(r["question_id"]))
     )
@@ -388,7 +510,8 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
         "vqa_model": ecfg.vqa_model,
         "clip_model": ecfg.clip_model,
         "rules": "reference",
-        "notes": notes,
+        "notes": [*describe_rehearsal(cfg.rehearsal), *notes],
+        "rehearsal": cfg.rehearsal,
     }
     for v in variants:
         entry = score_variant(items, by_variant[v])

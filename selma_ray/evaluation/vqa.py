@@ -18,6 +18,15 @@ Backends, picked from the model's config:
   and "Answer yes or no." (or "Answer with one of: ..." for multiple choice), greedy decoding.
   Best effort: a model whose processor has no chat template gets the plain text prompt.
 
+Questions longer than the text side's ``model_max_length`` (ViLT: 40 tokens) are truncated.
+
+TIFA's multiple choice (rows with ``choices``): with an ``answer_matcher`` (``eval.answer_matcher``,
+TIFA's ``sentence-transformers/all-mpnet-base-v2``), :class:`AnswerMatcher` turns the model's
+free-form answer into a choice as TIFA does: the choice it names (case, surrounding whitespace
+and punctuation ignored), else the choice whose sentence embedding is closest by cosine
+similarity. ``answer`` then holds the choice and ``free_answer`` the model's own words; without
+a matcher both hold the model's words (the scorer then counts only exact matches).
+
 Re-scoring a saved answers table (no model) is :mod:`selma_ray.evaluation.rescore`.
 """
 
@@ -34,6 +43,8 @@ import numpy as np
 
 #: Columns a batch must have; ``choices`` (JSON list or "") is optional.
 INPUT_COLUMNS = ("image_uri", "question")
+#: Columns :class:`VQAScorer` adds to a batch.
+OUTPUT_COLUMNS = ("answer", "free_answer", "vqa_worker_pid")
 
 
 def read_image(uri: str) -> Any:
@@ -66,13 +77,124 @@ def chat_prompt(question: str, choices: Sequence[str]) -> str:
     return f"{question} Answer yes or no."
 
 
+class AnswerMatcher:
+    """TIFA's answer matching: a free-form answer -> the choice it names, else the nearest one.
+
+    Loads a sentence-transformers model directory (hub id, path or ``tiny:sbert``) with plain
+    transformers: ``AutoModel`` + ``AutoTokenizer``, the pooling of ``1_Pooling/config.json``
+    (mean, CLS or max over tokens; mean without one) and the ``max_seq_length`` of
+    ``sentence_bert_config.json``. A Normalize module changes no cosine, so it needs nothing;
+    any other module (e.g. Dense) is refused. Each distinct text is embedded on its own (no
+    padding), so a match never depends on which rows share a batch.
+    """
+
+    def __init__(
+        self, model_ref: str, cache_dir: str | None = None, device: str | None = None
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from selma_ray.images.generate import default_device
+        from selma_ray.models import resolve_model
+
+        self.model_ref = model_ref
+        self.device = device or default_device()
+        path = resolve_model(model_ref, cache_dir)
+        self.pooling, self.max_seq_length = _sentence_layout(path, model_ref)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, text: str) -> np.ndarray:
+        """The sentence embedding of ``text`` (float64, unit length)."""
+        import torch
+
+        if text not in self._cache:
+            kwargs = {"truncation": True, "return_tensors": "pt"}
+            if self.max_seq_length:
+                kwargs["max_length"] = self.max_seq_length
+            inputs = self.tokenizer([text], **kwargs).to(self.device)
+            with torch.inference_mode():
+                tokens = self.model(**inputs).last_hidden_state[0].float()
+            if self.pooling == "cls":
+                pooled = tokens[0]
+            elif self.pooling == "max":
+                pooled = tokens.max(dim=0).values
+            else:
+                pooled = tokens.mean(dim=0)
+            vec = pooled.cpu().numpy().astype(np.float64)
+            self._cache[text] = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        return self._cache[text]
+
+    def match(self, answer: str, choices: Sequence[str]) -> str:
+        """The choice ``answer`` names, else the choice nearest to it; ``answer`` if no choices."""
+        from selma_ray.evaluation.scoring import match_choice
+
+        if not choices:
+            return answer
+        named = match_choice(answer, choices)
+        if named is not None:
+            return named
+        query = self.embed(answer)
+        sims = [float(query @ self.embed(c)) for c in choices]
+        return choices[int(np.argmax(sims))]
+
+
+#: sentence-transformers Pooling config keys -> the pooling :class:`AnswerMatcher` applies.
+_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+}
+
+
+def _sentence_layout(path: str, model_ref: str) -> tuple[str, int | None]:
+    """(pooling mode, max_seq_length) of a sentence-transformers model directory or hub id."""
+    from transformers.utils.hub import cached_file
+
+    def read(name: str) -> Any:
+        file = cached_file(path, name, _raise_exceptions_for_missing_entries=False)
+        if file is None:
+            return None
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+
+    modules = read("modules.json") or []
+    pooling = "mean"
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            config = read(f"{module['path']}/config.json") or {}
+            if isinstance(config.get("pooling_mode"), str):  # sentence-transformers >= 3
+                modes = [config["pooling_mode"]]
+            else:
+                modes = [k for k, v in config.items() if k.startswith("pooling_mode_") and v]
+            modes = [_POOLING_KEYS.get(m, m) for m in modes]
+            if len(modes) != 1 or modes[0] not in _POOLING_KEYS.values():
+                msg = (
+                    f"eval.answer_matcher {model_ref!r}: pooling {config} is not one of mean, "
+                    "CLS or max tokens; pick a model with one of them"
+                )
+                raise ValueError(msg)
+            pooling = modes[0]
+        elif kind not in ("Transformer", "Normalize"):
+            msg = (
+                f"eval.answer_matcher {model_ref!r}: sentence-transformers module {kind!r} is "
+                "not supported (only Transformer, Pooling, Normalize); pick a model without it"
+            )
+            raise ValueError(msg)
+    max_len = (read("sentence_bert_config.json") or {}).get("max_seq_length")
+    return pooling, int(max_len) if max_len else None
+
+
 class VQAScorer:
     """Ray Data callable class: answers each row's question about its image.
 
     Args (picklable primitives): ``model_ref`` (hub id, path or ``tiny:vqa``), ``cache_dir``
     (where ``tiny:`` models are built), ``num_threads`` (torch CPU threads), ``device``
     (None = cuda if available), ``max_new_tokens`` (generative backends), ``dtype``
-    ("auto": float16 on CUDA, float32 on CPU).
+    ("auto": float16 on CUDA, float32 on CPU), ``answer_matcher`` (sentence-embedding model
+    for TIFA's choice matching, loaded with the first row that has choices; None = keep the
+    free-form answer).
     """
 
     def __init__(
@@ -83,6 +205,7 @@ class VQAScorer:
         device: str | None = None,
         max_new_tokens: int = 8,
         dtype: str = "auto",
+        answer_matcher: str | None = None,
     ) -> None:
         import torch
         from transformers import AutoConfig, AutoProcessor
@@ -103,6 +226,9 @@ class VQAScorer:
         self.processor = AutoProcessor.from_pretrained(path)
         self.backend = self._load(path, config, torch_dtype)
         self.model.to(self.device).eval()
+        self.answer_matcher = answer_matcher
+        self.cache_dir = cache_dir
+        self._matcher: AnswerMatcher | None = None  # loaded on the first row with choices
         self.load_seconds = time.perf_counter() - t0
 
     def _load(self, path: str, config: Any, torch_dtype: Any) -> str:
@@ -139,7 +265,7 @@ class VQAScorer:
         questions: Sequence[str],
         choices: Sequence[Sequence[str]] | None = None,
     ) -> list[str]:
-        """One answer string per (image, question)."""
+        """One free-form answer string per (image, question)."""
         import torch
 
         choices = choices or [[] for _ in questions]
@@ -171,8 +297,19 @@ class VQAScorer:
                 ]
             return self._chat(images, questions, choices)
 
+    def choose(self, answers: Sequence[str], choices: Sequence[Sequence[str]]) -> list[str]:
+        """Each answer as its row's choice (see :class:`AnswerMatcher`); unchanged without a
+        matcher or choices."""
+        if not self.answer_matcher or not any(choices):
+            return list(answers)
+        if self._matcher is None:
+            self._matcher = AnswerMatcher(self.answer_matcher, self.cache_dir, self.device)
+        return [self._matcher.match(a, c) for a, c in zip(answers, choices, strict=True)]
+
     def _inputs(self, images: Sequence[Any], texts: list[str]) -> Any:
-        inputs = self.processor(images=list(images), text=texts, return_tensors="pt", padding=True)
+        inputs = self.processor(
+            images=list(images), text=texts, return_tensors="pt", padding=True, truncation=True
+        )
         return inputs.to(self.device)
 
     def _chat(
@@ -212,10 +349,11 @@ class VQAScorer:
         uris = [str(u) for u in batch["image_uri"]]
         questions = [str(q) for q in batch["question"]]
         raw = batch.get("choices")
-        choices = [parse_choices(c) for c in raw] if raw is not None else None
+        choices = [parse_choices(c) for c in raw] if raw is not None else [[] for _ in uris]
         images = [read_image(u) for u in uris]
         answers = self.answer(images, questions, choices)
         out = dict(batch)
-        out["answer"] = np.array(answers, dtype=object)
+        out["answer"] = np.array(self.choose(answers, choices), dtype=object)
+        out["free_answer"] = np.array(answers, dtype=object)
         out["vqa_worker_pid"] = np.array([os.getpid()] * len(uris), dtype=np.int64)
         return out

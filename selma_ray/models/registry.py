@@ -3,7 +3,9 @@
 ``resolve_model("stabilityai/stable-diffusion-2")`` and ``resolve_model("/models/x")`` return
 their argument unchanged; ``resolve_model("tiny:sd")`` / ``"tiny:llm"`` (optionally
 ``"tiny:sd@3"`` for seed 3) return a directory under the cache dir, building it on first use.
-Callers then use the very same ``from_pretrained`` code for both.
+Callers then use the very same ``from_pretrained`` code for both. The same-architecture
+stand-ins of real models (``tiny:sd15``, ``tiny:sdxl``, ...) are built by
+:mod:`selma_ray.models.standins`.
 
 Builds are safe across threads and processes: each one is written into a temporary directory
 next to the target, finished with a ``.complete`` marker, and moved into place with one
@@ -22,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from selma_ray.models import tiny
+from selma_ray.models import standins, tiny
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +54,15 @@ _BUILDERS: dict[str, Callable[..., str]] = {
     "vqa": tiny.make_tiny_vqa,
     # Stable Diffusion 1.5's full architecture with random weights: GPU benchmarks, not tests
     "sd15-size": tiny.make_sd15_size,
+    # same-architecture stand-ins of the GPU presets' real models (models/standins.py)
+    "sd15": standins.make_sd15,
+    "sd21-base": standins.make_sd21_base,
+    "sdxl": standins.make_sdxl,
+    "blip2-flan-t5": standins.make_blip2_flan_t5,
+    "clip-vit-l": standins.make_clip_vit_l,
+    "vilt": standins.make_vilt,
+    "vlm-chat": standins.make_vlm_chat,
+    "sbert": standins.make_sbert,
 }
 TINY_KINDS: tuple[str, ...] = tuple(_BUILDERS)
 

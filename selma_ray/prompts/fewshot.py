@@ -1,9 +1,11 @@
 """Few-shot requests for the self-instruct loop, and robust parsing of the LLM's numbered lists.
 
 A request shows K examples of a skill as a numbered list and asks for M more, continuing the
-numbering. Responses are parsed leniently (``N. text``, ``N) text``, bullets, quotes, stray
-whitespace, wrapped lines) and every item that is not kept is counted under a reason, so the
-stage's stats say exactly where requested prompts went.
+numbering. A request that would not fit the model's context (prompt + response tokens, counted
+by the engine) is rebuilt with fewer examples, then given fewer response tokens, else dropped
+(:func:`fit_request`). Responses are parsed leniently (``N. text``, ``N) text``, bullets,
+quotes, stray whitespace, wrapped lines) and every item that is not kept is counted under a
+reason, so the stage's stats say exactly where requested prompts went.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from selma_ray.prompts.engines.base import GenerationRequest
+from selma_ray.prompts.engines.base import GenerationRequest, TokenBudget
 from selma_ray.skills import Skill
 
 SYSTEM_MESSAGE = (
@@ -33,7 +35,15 @@ DROP_REASONS = (
     "over_target",
 )
 
+#: Why a request was not answered (stable names: they appear in stats files, per request).
+REQUEST_DROP_REASONS = (
+    "request_too_long",  # does not fit the model's context even with one example
+    "rejected_by_engine",  # the engine refused it (e.g. vLLM counted more tokens than we did)
+)
+
 MIN_WORDS = 3
+#: Fewest response tokens a request may be cut down to: room for about one prompt.
+MIN_RESPONSE_TOKENS = 16
 
 _NUMBERED = re.compile(r"^\s*(?:\*\*)?\(?(\d{1,4})(?:\*\*)?\s*[.):\]]+(?:\*\*)?\s*(.*)$")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022\u2023\u25cf]|\u2013)\s+(.*)$")
@@ -82,6 +92,72 @@ def build_request(
         top_p=top_p,
         max_tokens=max_tokens,
     )
+
+
+def min_response_tokens(word_limit: int) -> int:
+    """Fewest response tokens worth sending a request for: about one prompt of
+    ``word_limit`` words (two tokens a word), at least :data:`MIN_RESPONSE_TOKENS`."""
+    return max(MIN_RESPONSE_TOKENS, 2 * word_limit)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A request fitted into the model's context, or why none could be."""
+
+    request: GenerationRequest | None  # None: dropped
+    #: of the request sent (when dropped: of the one-example request); None: not counted
+    prompt_tokens: int | None
+    shortened: bool = False  # fewer examples than sampled
+    max_tokens_reduced: bool = False
+    dropped: str | None = None  # a REQUEST_DROP_REASONS name
+
+
+def fit_request(
+    skill: Skill,
+    examples: list[str],
+    budget: TokenBudget,
+    *,
+    n_items: int,
+    seed: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_tokens: int = 1024,
+) -> FitResult:
+    """:func:`build_request`, made to fit ``budget`` (prompt tokens + ``max_tokens`` <=
+    ``budget.max_model_len``): with all ``examples`` if it fits, else with the first K-1, K-2
+    ... 1 of them; if even one example leaves less than ``max_tokens``, ``max_tokens`` is cut
+    to the room left when that is at least :func:`min_response_tokens` (or ``max_tokens``, if
+    smaller); otherwise the request is dropped as ``request_too_long``."""
+
+    def build(k: int) -> GenerationRequest:
+        return build_request(
+            skill,
+            examples[:k],
+            n_items=n_items,
+            seed=seed,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+        )
+
+    request, n_tokens = None, 0
+    for k in range(len(examples), 0, -1):
+        request = build(k)
+        n_tokens = budget.count(request)
+        if n_tokens + max_tokens <= budget.max_model_len:
+            return FitResult(request, n_tokens, shortened=k < len(examples))
+    if request is None:
+        msg = f"skill {skill.name!r}: a request needs at least one example"
+        raise ValueError(msg)
+    room = budget.max_model_len - n_tokens
+    if room >= min(max_tokens, min_response_tokens(skill.word_limit)):
+        return FitResult(
+            replace(request, max_tokens=room),
+            n_tokens,
+            shortened=len(examples) > 1,
+            max_tokens_reduced=True,
+        )
+    return FitResult(None, n_tokens, dropped="request_too_long")
 
 
 def sample_examples(pool: list[str], k: int, rng: random.Random) -> list[str]:

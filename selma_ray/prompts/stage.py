@@ -7,6 +7,12 @@ near-duplicates of anything kept before (ROUGE-L), and save the pool. A killed r
 the next unfinished round; every random choice derives from (run seed, skill, round), so a
 resumed run makes the same requests an uninterrupted one would.
 
+An engine that counts tokens (``token_budget()``: ``vllm``, ``transformers``) has every request
+fitted into the model's context before it is sent (:func:`~selma_ray.prompts.fewshot.fit_request`:
+fewer examples, then fewer response tokens, else dropped); ``stats.json`` counts per skill the
+requests planned, sent, shortened, with fewer response tokens, and dropped by reason. The
+``openai`` engine cannot count: its requests go out as built.
+
 Outputs in the run directory, per skill: ``prompts/<skill>.jsonl`` and ``.parquet`` (rows:
 id, skill, prompt, engine, model, round, questions) and ``prompts/stats.json``.
 """
@@ -25,14 +31,19 @@ from typing import Any
 from selma_ray import layout
 from selma_ray.config import PromptsConfig
 from selma_ray.prompts.dedup import filter_near_duplicates
-from selma_ray.prompts.engines.base import GenerationRequest, PromptEngine, as_completion
-from selma_ray.prompts.fewshot import build_request, parse_response, sample_examples
+from selma_ray.prompts.engines.base import PromptEngine, TokenBudget, as_completion
+from selma_ray.prompts.fewshot import (
+    FitResult,
+    build_request,
+    fit_request,
+    parse_response,
+    sample_examples,
+)
 from selma_ray.seeds import derive_seed
 from selma_ray.skills import Skill
 from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -47,6 +58,10 @@ class SkillState:
     parsed: int = 0
     dropped: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    #: requests planned, sent, shortened (fewer examples), max_tokens_reduced, miscounted
+    requests: Counter = field(default_factory=Counter)
+    #: requests not answered, by reason (fewshot.REQUEST_DROP_REASONS)
+    requests_dropped: Counter = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +72,8 @@ class SkillState:
             "parsed": self.parsed,
             "dropped": dict(self.dropped),
             "seconds": round(self.seconds, 3),
+            "requests": dict(self.requests),
+            "requests_dropped": dict(self.requests_dropped),
             "rows": self.rows,
         }
 
@@ -71,6 +88,8 @@ class SkillState:
             parsed=data["parsed"],
             dropped=Counter(data["dropped"]),
             seconds=data["seconds"],
+            requests=Counter(data.get("requests", {})),
+            requests_dropped=Counter(data.get("requests_dropped", {})),
         )
 
     def stats(self, target: int) -> dict[str, Any]:
@@ -82,8 +101,17 @@ class SkillState:
             "responses": self.responses,
             "parsed": self.parsed,
             "dropped": dict(sorted(self.dropped.items())),
+            "requests": {
+                **{k: self.requests[k] for k in REQUEST_COUNTS},
+                "dropped": dict(sorted(self.requests_dropped.items())),
+            },
             "seconds": round(self.seconds, 3),
         }
+
+
+#: Request counters of a skill's stats (``requests``), beside ``dropped`` by reason.
+#: ``miscounted``: requests whose prompt the engine counted otherwise than the budget did.
+REQUEST_COUNTS = ("planned", "sent", "shortened", "max_tokens_reduced", "miscounted")
 
 
 def _state_path(skill: str) -> tuple[str, str]:
@@ -97,38 +125,67 @@ def load_state(run_dir: RunDir, skill: str) -> SkillState:
 
 
 def build_round(
-    skill: Skill, state: SkillState, cfg: PromptsConfig, seed: int
-) -> list[GenerationRequest]:
-    """The requests of the next round for one skill (deterministic in seed, skill, round)."""
+    skill: Skill,
+    state: SkillState,
+    cfg: PromptsConfig,
+    seed: int,
+    budget: TokenBudget | None = None,
+) -> list[FitResult]:
+    """The requests of the next round for one skill (deterministic in seed, skill, round),
+    each fitted into ``budget`` when the engine counts tokens (``request`` None: dropped)."""
     rng = random.Random(derive_seed(seed, skill.name, state.rounds, "examples"))
     pool = list(skill.seeds) + [r["prompt"] for r in state.rows]
-    return [
-        build_request(
-            skill,
-            sample_examples(pool, cfg.examples_per_request, rng),
-            n_items=cfg.prompts_per_request,
-            seed=derive_seed(seed, skill.name, state.rounds, "request", i),
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens,
-        )
-        for i in range(cfg.requests_per_round)
-    ]
+    out = []
+    for i in range(cfg.requests_per_round):
+        examples = sample_examples(pool, cfg.examples_per_request, rng)
+        kwargs: dict[str, Any] = {
+            "n_items": cfg.prompts_per_request,
+            "seed": derive_seed(seed, skill.name, state.rounds, "request", i),
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "max_tokens": cfg.max_tokens,
+        }
+        if budget is None:
+            out.append(FitResult(build_request(skill, examples, **kwargs), None))
+        else:
+            out.append(fit_request(skill, examples, budget, **kwargs))
+    return out
 
 
 def absorb_round(
     skill: Skill,
     state: SkillState,
-    requests: list[GenerationRequest],
+    fits: list[FitResult],
     responses: list[Any],
     cfg: PromptsConfig,
     engine: PromptEngine,
     model: str,
 ) -> int:
-    """Parse one round's responses into the skill's pool; returns the number accepted."""
+    """Parse one round's responses (one per request sent, in order) into the skill's pool and
+    count its requests; returns the number of prompts accepted."""
+    sent = [f for f in fits if f.request is not None]
+    requests = [f.request for f in sent]
+    state.requests["planned"] += len(fits)
+    state.requests["sent"] += len(requests)
+    state.requests["shortened"] += sum(f.shortened for f in fits)
+    state.requests["max_tokens_reduced"] += sum(f.max_tokens_reduced for f in fits)
+    state.requests_dropped.update(f.dropped for f in fits if f.dropped)
     candidates: list[str] = []
-    for req, raw in zip(requests, responses, strict=True):
+    answered = 0
+    for fit, raw in zip(sent, responses, strict=True):
+        req = fit.request
         completion = as_completion(raw)
+        counted, fed = fit.prompt_tokens, completion.prompt_tokens
+        if counted is not None and fed is not None and counted != fed:
+            # the engine saw another prompt length than the budget counted: a fitting bug
+            log.warning(
+                "%s: request counted as %d tokens, the engine fed %d", skill.name, counted, fed
+            )
+            state.requests["miscounted"] += 1
+        if completion.error:
+            state.requests_dropped[completion.error] += 1
+            continue
+        answered += 1
         parsed = parse_response(
             completion.text,
             word_limit=skill.word_limit,
@@ -160,7 +217,7 @@ def absorb_round(
             }
         )
     state.requested += len(requests) * cfg.prompts_per_request
-    state.responses += len(responses)
+    state.responses += answered
     state.rounds += 1
     return len(kept)
 
@@ -195,7 +252,11 @@ def generate_prompts(
     """Run the self-instruct loop for every skill until its target or ``max_rounds``.
 
     Returns the per-skill stats; also writes them, and the prompts, into the run directory.
+    An engine with a ``token_budget()`` is asked for it first (the ``vllm`` engine refuses a
+    ``max_model_len`` the model does not support there, before any engine starts).
     """
+    token_budget = getattr(engine, "token_budget", None)
+    budget = token_budget() if callable(token_budget) else None
     skills = list(cfg.skills)
     states = {s.name: load_state(run_dir, s.name) for s in skills}
     model = "scene-graph" if cfg.engine == "scene-graph" else cfg.model
@@ -210,8 +271,8 @@ def generate_prompts(
             ]
             if not active:
                 break
-            plan = [(s, build_round(s, states[s.name], cfg, seed)) for s in active]
-            flat = [r for _, reqs in plan for r in reqs]
+            plan = [(s, build_round(s, states[s.name], cfg, seed, budget)) for s in active]
+            flat = [f.request for _, fits in plan for f in fits if f.request is not None]
             t0 = time.perf_counter()
             responses = engine.generate(flat)
             if len(responses) != len(flat):
@@ -221,13 +282,14 @@ def generate_prompts(
                 raise RuntimeError(msg)
             share = (time.perf_counter() - t0) / len(active)
             offset = 0
-            for skill, reqs in plan:
+            for skill, fits in plan:
                 state = states[skill.name]
                 t1 = time.perf_counter()
+                n_sent = sum(f.request is not None for f in fits)
                 n_new = absorb_round(
-                    skill, state, reqs, responses[offset : offset + len(reqs)], cfg, engine, model
+                    skill, state, fits, responses[offset : offset + n_sent], cfg, engine, model
                 )
-                offset += len(reqs)
+                offset += n_sent
                 state.seconds += share + time.perf_counter() - t1
                 run_dir.write_json(state.to_json(), *_state_path(skill.name))
                 if skill.name in bars:

@@ -94,6 +94,8 @@ ADAM_EPS = 1e-8
 MAX_GRAD_NORM = 1.0
 
 _STATE_FILE = "state.json"
+#: The file a checkpoint folder is written with last: its step is there.
+CHECKPOINT_STATE_FILE = _STATE_FILE
 _LORA_FILE = "lora.safetensors"
 _BEST_FILE = "best_lora.safetensors"
 _OPTIM_FILE = "optimizer.pt"
@@ -775,6 +777,8 @@ def _train(trainer: _Trainer, reporter: Reporter) -> None:
     interval_losses: list[float] = []
     interval_start = time.perf_counter()
     train_start = time.perf_counter()
+    # wall-clock bounds of this process's training steps: comparable across workers and nodes
+    trainer.timings["train_started_at"] = time.time()
     steps_run = 0
     while trainer.step < cfg.max_steps:
         loss = trainer.train_step()
@@ -787,6 +791,7 @@ def _train(trainer: _Trainer, reporter: Reporter) -> None:
             interval_losses = []
             interval_start = time.perf_counter()
     trainer.timings["train_s"] = time.perf_counter() - train_start
+    trainer.timings["train_finished_at"] = time.time()
     trainer.timings["steps_run"] = steps_run
 
 

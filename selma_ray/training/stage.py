@@ -26,7 +26,10 @@ def expert_done(run_dir: RunDir, skill: str) -> bool:
 
 
 def train_storage_path(cfg: SelmaConfig, run_dir: RunDir) -> str:
-    """Where expert checkpoints live: ``train.storage_path`` or the run directory's train/."""
+    """Where expert checkpoints live: ``train.storage_path`` or the run directory's train/.
+
+    A URI (an absolute path when local); the Ray layer opens an object store through the run
+    directory's fsspec filesystem (:func:`selma_ray.storage.arrow_filesystem`)."""
     return cfg.train.storage_path or run_dir.url(*layout.train_dir())
 
 

@@ -34,18 +34,55 @@ def run_dir(tmp_path):
     return rd
 
 
-def test_experts_train_concurrently_and_resume(ray_cluster, tiny_models, run_dir):
+def _train_interval(rd: RunDir, skill: str) -> tuple[float, float]:
+    timings = rd.read_json("experts", skill, "expert.json")["timings"]
+    return timings["train_started_at"], timings["train_finished_at"]
+
+
+def test_experts_train_concurrently(ray_cluster, tiny_models, tmp_path):
+    """Two experts, one CPU each on a 2-CPU Ray: their training intervals (each worker's own
+    wall-clock timestamps) overlap, and the makespan is well below the sum of solo times."""
+    from selma_ray.distributed import RayExecutor
+    from selma_ray.training.stage import expert_jobs
+
+    cfg = _cfg("train.max_steps=80", "train.checkpoint_every=80")
+    skills = ["coco", "whoops"]
+
+    def fresh(name: str) -> RunDir:
+        rd = RunDir(str(tmp_path / name))
+        for i, skill in enumerate(skills):
+            write_synthetic_skill(rd, skill, prompts=4, size=32, seed=i)
+        return rd
+
+    solo = {}
+    for skill in skills:
+        rd = fresh(f"solo-{skill}")
+        RayExecutor().train_experts(expert_jobs(cfg, rd, [skill]))
+        start, end = _train_interval(rd, skill)
+        solo[skill] = end - start
+    rd = fresh("together")
+    RayExecutor().train_experts(expert_jobs(cfg, rd, skills))
+    (s1, e1), (s2, e2) = (_train_interval(rd, s) for s in skills)
+    overlap = min(e1, e2) - max(s1, s2)
+    makespan = max(e1, e2) - min(s1, s2)
+    assert overlap > 0.5 * min(e1 - s1, e2 - s2), (overlap, (s1, e1), (s2, e2))
+    # run one after the other they would take sum(solo); concurrently at most 75 % of that
+    assert makespan <= 0.75 * sum(solo.values()), (makespan, solo)
+
+
+def test_rerun_with_more_steps_resumes_each_expert_from_its_checkpoint(
+    ray_cluster, tiny_models, run_dir
+):
+    """A clean stop at step 2, then the same Ray Train runs (storage path + name) continue."""
     from selma_ray.distributed import RayExecutor
     from selma_ray.distributed.train import train_experts
     from selma_ray.training.stage import expert_jobs, run_experts_stage
 
     cfg = _cfg("train.max_steps=2")
-    # first "session": both experts stop at step 2 (as if the run had been cut there)
     first = train_experts(expert_jobs(cfg, run_dir, ["coco", "whoops"]))
     assert {s: r.metrics["step"] for s, r in first.items()} == {"coco": 2, "whoops": 2}
     assert all(r.checkpoint is not None for r in first.values())
 
-    # second: the same Ray Train runs (storage path + name) resume and continue to step 4
     cfg4 = _cfg()
     second = train_experts(expert_jobs(cfg4, run_dir, ["coco", "whoops"]))
     for skill, result in second.items():
@@ -69,6 +106,85 @@ def test_experts_train_concurrently_and_resume(ray_cluster, tiny_models, run_dir
         for s in ("coco", "whoops")
     }
     assert before == after
+
+
+def _alive_train_workers() -> dict[str, int]:
+    """actor id -> pid of the live Ray Train workers (from the GCS)."""
+    import ray
+
+    return {
+        actor_id: int(info["Pid"])
+        for actor_id, info in ray._private.state.actors().items()
+        if "RayTrainWorker" in (info.get("ActorClassName") or "")
+        and info.get("State") == "ALIVE"
+        and info.get("Pid")
+    }
+
+
+def test_training_worker_killed_mid_run_resumes_and_matches_undisturbed(
+    ray_cluster, tiny_models, tmp_path
+):
+    """SIGKILL the expert's Ray Train worker after its first checkpoints, while it trains on:
+    Ray Train (FailureConfig) restarts it from that checkpoint, and the exported LoRA equals an
+    undisturbed run's tensor for tensor."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    from selma_ray.distributed import RayExecutor
+    from selma_ray.training.stage import expert_jobs
+
+    cfg = _cfg(
+        "prompts.skills=[coco]",
+        "train.max_steps=16",
+        "train.checkpoint_every=4",
+        "train.max_failures=2",
+        "train.cache_inputs=false",
+    )
+
+    def fresh(name: str) -> RunDir:
+        rd = RunDir(str(tmp_path / name))
+        write_synthetic_skill(rd, "coco", prompts=4, size=32, seed=0)
+        return rd
+
+    calm = fresh("undisturbed")
+    RayExecutor().train_experts(expert_jobs(cfg, calm, ["coco"]))
+
+    rd = fresh("killed")
+    ckpt_root = tmp_path / "killed" / "train" / "expert-coco"
+    killed: dict = {}
+    before = set(_alive_train_workers())
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ckpts = list(ckpt_root.glob("checkpoint_*")) if ckpt_root.exists() else []
+            workers = {a: p for a, p in _alive_train_workers().items() if a not in before}
+            # a second checkpoint folder means the first was reported and registered
+            if len(ckpts) >= 2 and workers:
+                actor, pid = next(iter(workers.items()))
+                os.kill(pid, signal.SIGKILL)
+                killed.update(actor=actor, pid=pid, checkpoints=len(ckpts))
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    RayExecutor().train_experts(expert_jobs(cfg, rd, ["coco"]))
+    watcher.join(timeout=5)
+    assert killed, "the worker finished before it could be killed"
+    meta = rd.read_json("experts", "coco", "expert.json")
+    assert meta["steps"] == 16
+    assert meta["resumed_from"] is not None and 4 <= meta["resumed_from"] < 16, meta
+    ours = load_file(rd.path("experts", "coco", "pytorch_lora_weights.safetensors"))
+    ref = load_file(calm.path("experts", "coco", "pytorch_lora_weights.safetensors"))
+    assert set(ours) == set(ref)
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert meta["train_loss"] == calm.read_json("experts", "coco", "expert.json")["train_loss"]
 
 
 def test_ray_refuses_a_memory_run_dir_for_training():

@@ -284,3 +284,91 @@ def test_variants_are_drawn_with_the_experts_base_model_and_resolution():
     assert (served.width, served.height) == (1024, 1024)
     tiny = eval_stage.eval_images_config(_cfg())
     assert (tiny.model, tiny.resolution) == ("tiny:sd", 64)
+
+
+class EchoScorer:
+    """A stand-in VQA scorer: answers each question with its text and model reference, and
+    records every question it was asked (class-wide, across instances)."""
+
+    asked: list[tuple[str, str, str, int]] = []
+
+    def __init__(self, model_ref: str, cache_dir: str | None = None) -> None:
+        self.model_ref = model_ref
+
+    def __call__(self, batch):
+        import numpy as np
+
+        rows = eval_stage.batch_to_rows(batch)
+        EchoScorer.asked.extend(eval_stage.answer_key(r) for r in rows)
+        out = dict(batch)
+        out["answer"] = np.array([f"{self.model_ref}: {r['question']}" for r in rows], dtype=object)
+        return out
+
+
+def _question_rows(n: int) -> list[dict]:
+    return [
+        {
+            "model": ["base", "merged"][i % 2],
+            "benchmark": "dsg1k",
+            "item_id": f"item-{i // 4}",
+            "question_id": i % 4 + 1,
+            "question": f"Is there thing {i}?",
+            "choices": "",
+            "image_uri": f"/nowhere/{i}.png",
+        }
+        for i in range(n)
+    ]
+
+
+def test_answers_are_saved_per_batch_and_a_rerun_asks_only_the_rest(tmp_path):
+    from selma_ray import layout
+
+    cfg = _cfg("eval.rows_per_task=3")
+    rd = RunDir(str(tmp_path / "run"))
+    rows = _question_rows(10)
+    keys = [eval_stage.answer_key(r) for r in rows]
+    ask = lambda rows, ref="tiny:vqa": eval_stage.answer_questions(  # noqa: E731
+        cfg, rd, rows, EchoScorer, {"model_ref": ref}, InProcessExecutor()
+    )
+    EchoScorer.asked = []
+    first = ask(rows)
+    assert EchoScorer.asked == keys
+    assert {eval_stage.answer_key(r): r["answer"] for r in first} == {
+        k: f"tiny:vqa: {r['question']}" for k, r in zip(keys, rows, strict=True)
+    }
+    parts = rd.listdir(*layout.eval_answer_parts())
+    assert len(parts) == 4  # batches of 3, 3, 3, 1: one part file each
+    assert rd.read_json("eval", "stats.json") == {
+        "questions": 10,
+        "answered_before": 0,
+        "asked_now": 10,
+        "vqa": {"model_ref": "tiny:vqa"},
+    }
+
+    # as after a kill: one batch's part is lost; the rerun asks exactly its 3 questions
+    import pyarrow.parquet as pq
+
+    lost = pq.read_table(rd.path(*layout.eval_answer_parts(parts[1]))).to_pylist()
+    rd.remove(*layout.eval_answer_parts(parts[1]))
+    EchoScorer.asked = []
+    again = ask(rows)
+    assert sorted(EchoScorer.asked) == sorted(eval_stage.answer_key(r) for r in lost)
+    assert len(EchoScorer.asked) == 3
+    by_key = lambda rs: {eval_stage.answer_key(r): r["answer"] for r in rs}  # noqa: E731
+    assert by_key(again) == by_key(first)
+    assert rd.read_json("eval", "stats.json")["answered_before"] == 7
+    assert rd.read_json("eval", "stats.json")["asked_now"] == 3
+
+    # everything saved: nothing asked (the scorer is not even loaded)
+    EchoScorer.asked = []
+    assert by_key(ask(rows)) == by_key(first) and EchoScorer.asked == []
+
+    # a changed question text is asked again; so is everything under another VQA model
+    changed = [dict(r) for r in rows]
+    changed[4]["question"] = "Is there another thing?"
+    ask(changed)
+    assert EchoScorer.asked == [keys[4]]
+    EchoScorer.asked = []
+    other = ask(rows, ref="tiny:vqa@1")
+    assert EchoScorer.asked == keys
+    assert all(r["answer"].startswith("tiny:vqa@1: ") for r in other)

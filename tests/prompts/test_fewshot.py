@@ -78,3 +78,82 @@ def test_unnumbered_response_is_read_line_by_line():
 def test_empty_response():
     res = parse_response("", word_limit=30)
     assert res.items == [] and res.candidates == 0
+
+
+# --------------------------------------------------------------------------- fitting requests
+
+
+def _tiny_llm_budget(max_model_len: int):
+    """A budget over the tiny LLM's tokenizer, counting independently of the engines: the chat
+    template rendered to text, then tokenized without extra special tokens (what generate()
+    and vLLM's chat() are fed)."""
+    from transformers import AutoTokenizer
+
+    from selma_ray.models import resolve_model
+    from selma_ray.prompts.engines.base import TokenBudget
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny:llm"))
+
+    def count(req) -> int:
+        text = tok.apply_chat_template(req.messages, add_generation_prompt=True, tokenize=False)
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    return TokenBudget(max_model_len, count), count
+
+
+SEEDS = list(COCO.seeds)
+
+
+def test_too_long_request_keeps_fewer_examples_and_then_fits_exactly(tiny_models):
+    from selma_ray.prompts.fewshot import fit_request
+
+    _, count = _tiny_llm_budget(0)
+    full = count(build_request(COCO, SEEDS, n_items=3, seed=1))
+    two = count(build_request(COCO, SEEDS[:2], n_items=3, seed=1))
+    assert two < full
+    # room for two examples and 100 response tokens, not for three
+    budget, _ = _tiny_llm_budget(two + 100)
+    fit = fit_request(COCO, SEEDS, budget, n_items=3, seed=1, max_tokens=100)
+    assert fit.request is not None and fit.dropped is None
+    assert fit.request.examples == tuple(SEEDS[:2]) and fit.request.start_index == 3
+    assert fit.shortened and not fit.max_tokens_reduced
+    assert fit.request.max_tokens == 100 and fit.request.seed == 1
+    assert fit.prompt_tokens == count(fit.request) == two
+    assert fit.prompt_tokens + fit.request.max_tokens == budget.max_model_len
+    # the same builder made it: identical to asking for two examples in the first place
+    assert fit.request == build_request(COCO, SEEDS[:2], n_items=3, seed=1, max_tokens=100)
+    # a request that fits is sent as built
+    roomy, _ = _tiny_llm_budget(full + 100)
+    same = fit_request(COCO, SEEDS, roomy, n_items=3, seed=1, max_tokens=100)
+    assert same.request == build_request(COCO, SEEDS, n_items=3, seed=1, max_tokens=100)
+    assert not same.shortened and same.prompt_tokens == full
+
+
+def test_one_example_too_long_for_max_tokens_gets_the_room_left(tiny_models):
+    from selma_ray.prompts.fewshot import fit_request, min_response_tokens
+
+    _, count = _tiny_llm_budget(0)
+    one = count(build_request(COCO, SEEDS[:1], n_items=3, seed=2))
+    budget, _ = _tiny_llm_budget(one + 70)
+    assert 70 >= min_response_tokens(COCO.word_limit)
+    fit = fit_request(COCO, SEEDS, budget, n_items=3, seed=2, max_tokens=200)
+    assert fit.request is not None
+    assert fit.request.examples == (SEEDS[0],)
+    assert fit.shortened and fit.max_tokens_reduced
+    assert fit.request.max_tokens == 70
+    assert count(fit.request) + fit.request.max_tokens == budget.max_model_len
+
+
+def test_request_that_cannot_fit_is_dropped_with_its_reason(tiny_models):
+    from selma_ray.prompts.fewshot import REQUEST_DROP_REASONS, fit_request, min_response_tokens
+
+    _, count = _tiny_llm_budget(0)
+    one = count(build_request(COCO, SEEDS[:1], n_items=3, seed=3))
+    # one token short of the smallest response worth asking for
+    budget, _ = _tiny_llm_budget(one + min_response_tokens(COCO.word_limit) - 1)
+    fit = fit_request(COCO, SEEDS, budget, n_items=3, seed=3, max_tokens=200)
+    assert fit.request is None and fit.dropped == "request_too_long"
+    assert fit.dropped in REQUEST_DROP_REASONS and fit.prompt_tokens == one
+    # with max_tokens below that minimum, the room left for it is enough
+    small = fit_request(COCO, SEEDS, budget, n_items=3, seed=3, max_tokens=20)
+    assert small.request is not None and small.request.examples == tuple(SEEDS[:2])

@@ -93,3 +93,60 @@ def test_works_on_memory_filesystem():
     stats = generate_prompts(cfg, rd, make_engine(cfg), seed=0)
     assert stats["coco"]["accepted"] == 5
     assert len(rd.read_jsonl("prompts", "coco.jsonl")) == 5
+
+
+def test_requests_are_fitted_to_the_model_and_counted(tiny_models, tmp_path):
+    """transformers engine on tiny:llm (512 positions), 100 response tokens asked of skills
+    whose instructions take more and more of the context: the first's requests keep 2 of 3
+    examples, the second's keep 1 with fewer response tokens, the third's are dropped (its
+    instruction alone leaves no room); the stage finishes and stats.json counts each."""
+    from selma_ray.config import BUILTIN_SKILLS
+
+    seeds = list(BUILTIN_SKILLS["coco"].seeds)
+    sentence = "Describe a cat on a red table. "  # 9 tokens
+    cfg = load_config(
+        data={
+            "prompts": {
+                "engine": "transformers",
+                "skills": [
+                    {"name": name, "instruction": sentence * n, "seeds": seeds}
+                    for name, n in (("two-examples", 25), ("fewer-tokens", 29), ("too-long", 40))
+                ],
+                "num_prompts": 2,
+                "max_rounds": 1,
+                "requests_per_round": 2,
+                "prompts_per_request": 3,
+                "examples_per_request": 3,
+                "max_tokens": 100,
+            }
+        }
+    ).prompts
+    rd = RunDir(str(tmp_path))
+    engine = make_engine(cfg)
+    stats = generate_prompts(cfg, rd, engine, seed=0)
+    counts = {name: s["requests"] for name, s in stats.items()}
+    # miscounted: the engine fed every request exactly the tokens the budget counted
+    sent = {"planned": 2, "sent": 2, "shortened": 2, "miscounted": 0, "dropped": {}}
+    assert counts == {
+        "two-examples": {**sent, "max_tokens_reduced": 0},
+        "fewer-tokens": {**sent, "max_tokens_reduced": 2},
+        "too-long": {
+            "planned": 2,
+            "sent": 0,
+            "shortened": 0,
+            "max_tokens_reduced": 0,
+            "miscounted": 0,
+            "dropped": {"request_too_long": 2},
+        },
+    }
+    for name, s in stats.items():
+        assert s["rounds"] == 1
+        assert s["responses"] == counts[name]["sent"]
+        assert s["requested"] == 3 * counts[name]["sent"]
+        assert s["parsed"] == s["accepted"] + sum(s["dropped"].values())
+    assert stats["too-long"]["accepted"] == 0 and stats["too-long"]["parsed"] == 0
+    assert rd.read_json("prompts", "stats.json") == stats
+    assert rd.read_jsonl("prompts", "too-long.jsonl") == []
+    # the counts are saved with the round (a resumed run goes on from them)
+    assert load_state(rd, "too-long").requests_dropped == {"request_too_long": 2}
+    engine.close()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from selma_ray.config import TransformersEngineConfig
-from selma_ray.prompts.engines.transformers_engine import TransformersEngine
+from selma_ray.prompts.engines.transformers_engine import TransformersEngine, _batches
 from selma_ray.prompts.fewshot import build_request
 from selma_ray.skills import BUILTIN_SKILLS
 
@@ -22,4 +22,36 @@ def test_batched_generate_is_seeded_and_flags_truncation(tiny_models):
         [build_request(BUILTIN_SKILLS["coco"], ["a"], n_items=2, seed=99, max_tokens=12)]
     )
     assert other[0].text != first[0].text
+    engine.close()
+
+
+def test_token_budget_counts_what_generate_feeds_and_fitted_requests_fit(tiny_models):
+    """The model's 512 positions are the budget; generate() is fed exactly the counted tokens,
+    and each cut request asks for exactly the room its prompt leaves."""
+    from selma_ray.prompts.engines.base import TokenBudget
+    from selma_ray.prompts.fewshot import fit_request
+
+    engine = TransformersEngine("tiny:llm", TransformersEngineConfig(batch_size=4))
+    assert engine.token_budget().max_model_len == 512  # max_position_embeddings of tiny:llm
+    # a smaller context with the engine's own count, so the test generates few tokens
+    budget = TokenBudget(340, engine.token_budget().count)
+    coco = BUILTIN_SKILLS["coco"]
+    examples = list(coco.seeds)
+    # asking for 200 response tokens: one example, response cut to the room left
+    fits = [
+        fit_request(coco, examples[: 1 + s % 3], budget, n_items=3, seed=s, max_tokens=200)
+        for s in range(3)
+    ]
+    reqs = [f.request for f in fits]
+    assert all(r is not None and len(r.examples) == 1 and f.max_tokens_reduced for r, f in
+               zip(reqs, fits, strict=True))  # fmt: skip
+    # plus one short request that fits as built, batched apart (another max_tokens)
+    reqs.append(fit_request(coco, examples, budget, n_items=3, seed=9, max_tokens=8).request)
+    assert reqs[-1].max_tokens == 8 and len(reqs[-1].examples) == 3
+    # generate() gets max_new_tokens per batch: the cut requests never share the long one's
+    assert [[r.max_tokens for r in b] for b in _batches(reqs, 4)] == [[reqs[0].max_tokens] * 3, [8]]
+    out = engine.generate(reqs)
+    for req, completion in zip(reqs, out, strict=True):
+        assert completion.prompt_tokens == budget.count(req)
+        assert completion.prompt_tokens + req.max_tokens == 340 or req is reqs[-1]
     engine.close()

@@ -1,6 +1,11 @@
-"""The vllm engine for real: vllm(-cpu) engines in a Ray Data actor pool, with the tiny LLM."""
+"""The vllm engine for real: vllm(-cpu) engines in a Ray Data actor pool, with the tiny LLM.
+
+Three engine starts in all: one for direct requests, one for the stage, one that fails.
+"""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -10,18 +15,50 @@ from selma_ray.skills import BUILTIN_SKILLS
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
+COCO = BUILTIN_SKILLS["coco"]
+#: A skill whose instruction alone fills tiny:llm's 512 positions: its requests never fit.
+TOO_LONG = {
+    "name": "too-long",
+    "instruction": "Describe a cat on a red table. " * 60,
+    "seeds": list(COCO.seeds),
+}
+
 
 @pytest.fixture(scope="module")
 def vllm_available():
     pytest.importorskip("vllm")
 
 
-def test_vllm_engine_maps_requests_over_ray_data_actors(
-    vllm_available, ray_cluster, tiny_models, tmp_path
+def test_vllm_engine_answers_requests_and_refuses_one_too_long(
+    vllm_available, ray_cluster, tiny_models
 ):
+    """Direct requests on Ray Data actors: vLLM counts each prompt as the driver's budget
+    does; a request vLLM refuses (sent unfitted) is answered with an error, the others not."""
     from selma_ray.distributed import RayExecutor
-    from selma_ray.pipeline import run_pipeline
     from selma_ray.prompts.engines.vllm_engine import VllmEngine
+
+    cfg = load_config(overrides=["prompts.engine=vllm", "prompts.vllm.rows_per_task=4"])
+    engine = VllmEngine(cfg.prompts.model, cfg.prompts.vllm, RayExecutor())
+    reqs = [build_request(COCO, list(COCO.seeds), n_items=2, seed=s, max_tokens=16) for s in (1, 2)]
+    long_examples = [" ".join(["a red cat on a blue mat"] * 20)] * 3
+    reqs.insert(1, build_request(COCO, long_examples, n_items=2, seed=3, max_tokens=16))
+    budget = engine.token_budget()
+    assert budget.max_model_len == 512 and budget.count(reqs[1]) > 512
+    out = engine.generate(reqs)
+    assert [c.error for c in out] == [None, "rejected_by_engine", None]
+    for req, c in zip(reqs, out, strict=True):
+        if c.error is None:
+            assert c.prompt_tokens == budget.count(req)  # vLLM's own count
+            # noise from a random model: 16 tokens without an end token means cut at the limit
+            assert c.text and c.truncated
+
+
+def test_tiny_preset_on_vllm_fits_requests_to_the_model(vllm_available, ray_cluster, tmp_path):
+    """prompts.engine=vllm on the tiny preset, max_model_len unset (tiny:llm: 512 positions,
+    the preset asks 512 response tokens): the stage runs through run_pipeline on Ray and
+    finishes; every request is cut to one example and the room left, the too-long skill's
+    requests are dropped, and vLLM fed every prompt exactly the tokens the budget counted."""
+    from selma_ray.pipeline import run_pipeline
     from selma_ray.storage import RunDir
 
     cfg = load_config(
@@ -29,35 +66,60 @@ def test_vllm_engine_maps_requests_over_ray_data_actors(
             "prompts.engine=vllm",
             "prompts.num_prompts=4",
             "prompts.max_rounds=1",
-            "prompts.max_tokens=32",
             "prompts.requests_per_round=2",
-            "prompts.skills=[coco, whoops]",
-            "prompts.vllm.rows_per_task=2",
-            "prompts.vllm.max_model_len=512",
-        ]
+        ],
+        data={"prompts": {"skills": ["coco", "whoops", TOO_LONG]}},
     )
-    engine = VllmEngine(cfg.prompts.model, cfg.prompts.vllm, RayExecutor())
-    reqs = [
-        build_request(BUILTIN_SKILLS["coco"], ["a", "b", "c"], n_items=2, seed=s, max_tokens=16)
-        for s in range(3)
-    ]
-    out = engine.generate(reqs)
-    assert len(out) == 3 and all(isinstance(c.text, str) and c.text for c in out)
-    # noise from a random model: 16 tokens without an end token means cut at the limit
-    assert all(c.truncated for c in out)
-
-    # the whole stage through the orchestrator: one round, two skills, one Ray Data job
+    assert cfg.prompts.vllm.max_model_len is None and cfg.prompts.max_tokens == 512
     summary = run_pipeline(cfg, str(tmp_path / "run"), stages=["prompts"])
     rd = RunDir(str(tmp_path / "run"))
-    stats = rd.read_json("prompts", "stats.json")
-    assert set(stats) == {"coco", "whoops"}
-    for s in stats.values():
-        assert s["rounds"] == 1 and s["responses"] == 2
-        assert s["requested"] == 2 * cfg.prompts.prompts_per_request
-        # every list item the engine returned is either accepted or counted under a reason
-        assert s["parsed"] == s["accepted"] + sum(s["dropped"].values())
-    # a random model does not reach the target: the stage says so instead of claiming done
     manifest = rd.read_json("manifest.json")
-    if any(s["accepted"] < 4 for s in stats.values()):
-        assert manifest["stages"]["prompts"]["status"] == "incomplete"
+    assert manifest["stages"]["prompts"]["status"] in ("done", "incomplete")
+    stats = rd.read_json("prompts", "stats.json")
+    cut = {"planned": 2, "sent": 2, "shortened": 2, "max_tokens_reduced": 2, "miscounted": 0}
+    for skill in ("coco", "whoops"):
+        assert stats[skill]["requests"] == {**cut, "dropped": {}}
+        assert stats[skill]["responses"] == 2 and stats[skill]["rounds"] == 1
+        assert stats[skill]["parsed"] == stats[skill]["accepted"] + sum(
+            stats[skill]["dropped"].values()
+        )
+    assert stats["too-long"]["requests"] == {
+        "planned": 2,
+        "sent": 0,
+        "shortened": 0,
+        "max_tokens_reduced": 0,
+        "miscounted": 0,
+        "dropped": {"request_too_long": 2},
+    }
+    if manifest["stages"]["prompts"]["status"] == "incomplete":
         assert any("reached" in n for n in summary.notes)
+
+
+def test_engine_that_cannot_start_fails_the_stage_at_once_with_vllms_reason(
+    vllm_available, ray_cluster, tmp_path
+):
+    """A KV cache larger than the machine: vLLM's worker process fails, LLM() only says
+    "Engine core initialization failed"; the stage fails once, quoting the worker's reason."""
+    from selma_ray.pipeline import run_pipeline
+    from selma_ray.prompts.engines.vllm_engine import EngineStartError
+    from selma_ray.storage import RunDir
+
+    cfg = load_config(
+        overrides=[
+            "prompts.engine=vllm",
+            "prompts.skills=[coco]",
+            "prompts.max_rounds=1",
+            "prompts.vllm.cpu_kvcache_gb=100000",
+        ]
+    )
+    t0 = time.perf_counter()
+    with pytest.raises(EngineStartError) as e:
+        run_pipeline(cfg, str(tmp_path / "run"), stages=["prompts"])
+    seconds = time.perf_counter() - t0
+    message = str(e.value)
+    assert message.startswith("vLLM could not start ")
+    assert "Engine core initialization failed" in message
+    assert "VLLM_CPU_KVCACHE_SPACE" in message  # the worker's own words, from its log
+    assert seconds < 240, f"took {seconds:.0f} s: restarted?"
+    status = RunDir(str(tmp_path / "run")).read_json("manifest.json")["stages"]["prompts"]
+    assert status["status"] == "failed" and "VLLM_CPU_KVCACHE_SPACE" in status["error"]

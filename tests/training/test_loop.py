@@ -208,78 +208,12 @@ def test_ranks_get_disjoint_slices_of_each_global_batch():
 # --------------------------------------------------------------------------- SDXL
 
 
-def make_tiny_sdxl(path: str) -> str:
-    """A tiny random SDXL pipeline (two CLIP text encoders, text_time UNet) saved to ``path``."""
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from selma_ray.models.tiny import _tiny_clip_tokenizer
-
-    tok = _tiny_clip_tokenizer()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=2,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[4, 8],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=64,
-    )
-    te_config = CLIPTextConfig(
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        hidden_size=32,
-        intermediate_size=37,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=len(tok),
-        max_position_embeddings=77,
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(te_config),
-        text_encoder_2=CLIPTextModelWithProjection(te_config),
-        tokenizer=tok,
-        tokenizer_2=tok,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
-        ),
-    )
-    pipe.save_pretrained(path)
-    return path
-
-
 def test_sdxl_expert_trains_and_loads(run_dir, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    path = make_tiny_sdxl(str(tmp_path / "tiny-sdxl"))
+    from selma_ray.models import resolve_model
+
+    path = resolve_model("tiny:sdxl")  # SDXL base's stand-in: two text encoders, text_time UNet
     rep = LocalReporter()
     c = cfg(max_steps=2, checkpoint_every=2, center_crop=False, learning_rate=1e-2)
     result = train_expert(

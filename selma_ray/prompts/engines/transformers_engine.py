@@ -1,11 +1,24 @@
-"""The ``transformers`` prompt engine: batched ``generate()`` in this process (no vLLM needed)."""
+"""The ``transformers`` prompt engine: batched ``generate()`` in this process (no vLLM needed).
+
+Its :meth:`TransformersEngine.token_budget` is the model's context length (as vLLM would derive
+it) and the tokens each request's rendered prompt takes, so the stage can fit requests in.
+Requests are batched in order, a batch holding only requests with the same ``max_tokens``.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from selma_ray.config import TransformersEngineConfig
-from selma_ray.prompts.engines.base import Completion, GenerationRequest, Question
+from selma_ray.prompts.engines.base import (
+    Completion,
+    GenerationRequest,
+    Question,
+    TokenBudget,
+    count_prompt_tokens,
+    model_context_length,
+)
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -21,24 +34,45 @@ class TransformersEngine:
         self.cache_dir = cache_dir
         self._model: Any = None
         self._tokenizer: Any = None
+        self._path: str | None = None
+
+    def _load_tokenizer(self) -> None:
+        if self._tokenizer is not None:
+            return
+        from transformers import AutoTokenizer
+
+        from selma_ray.models import resolve_model
+
+        self._path = resolve_model(self.model_ref, cache_dir=self.cache_dir)
+        tok = AutoTokenizer.from_pretrained(self._path)
+        tok.padding_side = "left"  # decoder-only: pad on the left so generation continues text
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        self._tokenizer = tok
 
     def _load(self) -> None:
         if self._model is not None:
             return
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        from selma_ray.models import resolve_model
-
-        path = resolve_model(self.model_ref, cache_dir=self.cache_dir)
-        tok = AutoTokenizer.from_pretrained(path)
-        tok.padding_side = "left"  # decoder-only: pad on the left so generation continues text
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
+        self._load_tokenizer()
         dtype = getattr(torch, _DTYPES[self.cfg.dtype]) if self.cfg.dtype != "auto" else "auto"
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(self._path, dtype=dtype)
         self._model = model.to(self.cfg.device).eval()
-        self._tokenizer = tok
+
+    def token_budget(self) -> TokenBudget | None:
+        """The model's context length and this engine's prompt token count (None when the
+        model's config names no context length: requests are then sent as built)."""
+        self._load_tokenizer()
+        assert self._path is not None
+        limit, _ = model_context_length(self._path, self._tokenizer)
+        if limit is None:
+            return None
+        # generate() is fed the rendered text without extra special tokens
+        return TokenBudget(
+            limit, partial(count_prompt_tokens, self._tokenizer, plain_special_tokens=False)
+        )
 
     def _render(self, req: GenerationRequest) -> tuple[str, str]:
         """(model input text, prefix to put back in front of the output)."""
@@ -54,8 +88,7 @@ class TransformersEngine:
         self._load()
         tok, model = self._tokenizer, self._model
         out: list[str | Completion] = []
-        for start in range(0, len(requests), self.cfg.batch_size):
-            batch = requests[start : start + self.cfg.batch_size]
+        for batch in _batches(requests, self.cfg.batch_size):
             rendered = [self._render(r) for r in batch]
             enc = tok(
                 [text for text, _ in rendered],
@@ -78,12 +111,17 @@ class TransformersEngine:
                     pad_token_id=tok.pad_token_id,
                 )
             new_tokens = gen[:, enc["input_ids"].shape[1] :]
-            for (_, prefix), row in zip(rendered, new_tokens, strict=True):
+            prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+            for (_, prefix), row, n in zip(rendered, new_tokens, prompt_tokens, strict=True):
                 ids = row.tolist()
                 finished = tok.eos_token_id in ids
                 text = tok.decode(ids, skip_special_tokens=True)
                 out.append(
-                    Completion(prefix + text, truncated=not finished and len(ids) >= max_new)
+                    Completion(
+                        prefix + text,
+                        truncated=not finished and len(ids) >= max_new,
+                        prompt_tokens=int(n),
+                    )
                 )
         return out
 
@@ -93,3 +131,15 @@ class TransformersEngine:
     def close(self) -> None:
         self._model = None
         self._tokenizer = None
+
+
+def _batches(requests: list[GenerationRequest], size: int) -> list[list[GenerationRequest]]:
+    """Consecutive runs of at most ``size`` requests sharing one ``max_tokens`` (a request the
+    stage gave fewer response tokens must not generate its batch-mates' longer budget)."""
+    out: list[list[GenerationRequest]] = []
+    for req in requests:
+        if out and len(out[-1]) < size and out[-1][0].max_tokens == req.max_tokens:
+            out[-1].append(req)
+        else:
+            out.append([req])
+    return out
