@@ -184,6 +184,26 @@ class TransformersEngineConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
 
 
+class DsgQuestionsConfig(Section):
+    """DSG questions for the prompts an LLM engine writes, asked of the same engine (the DSG
+    paper's tuples -> dependencies -> questions, few-shot with DSG-1k examples)."""
+
+    enabled: bool = Field(
+        True,
+        description=(
+            "After each round, ask the engine for the DSG questions of every new prompt it "
+            "gave none for (vllm, transformers, openai; scene-graph writes its own)."
+        ),
+    )
+    examples: int = Field(
+        3, ge=1, description="DSG-1k items shown as in-context examples per request."
+    )
+    max_tokens: int = Field(
+        512, ge=16, description="Tokens per answer (tuples, dependencies and questions)."
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
+
+
 class PromptsConfig(Section):
     """SELMA stage 1: an LLM writes skill-specific prompts from a few examples (self-instruct)."""
 
@@ -204,6 +224,10 @@ class PromptsConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(1024, ge=16, description="Tokens per response.")
     dedup_threshold: float = Field(0.8, ge=0, le=1, description="ROUGE-L F above this = duplicate.")
+    dsg_questions: DsgQuestionsConfig = Field(
+        default_factory=DsgQuestionsConfig,
+        description="DSG questions asked of the engine for prompts it wrote without them.",
+    )
     vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig)
     openai: OpenAIEngineConfig = Field(default_factory=OpenAIEngineConfig)
     transformers: TransformersEngineConfig = Field(default_factory=TransformersEngineConfig)

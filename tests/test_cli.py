@@ -73,10 +73,24 @@ def test_prompts_command_runs_stage_alone(tmp_path, capsys):
     assert "prompts: done" in capsys.readouterr().out
 
 
-def test_models_make_tiny(tmp_path, capsys):
-    assert main(["models", "make-tiny", str(tmp_path / "m")]) == 0
-    assert (tmp_path / "m" / "sd" / "model_index.json").exists()
-    assert (tmp_path / "m" / "llm" / "config.json").exists()
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def test_models_make_tiny_writes_the_seeded_models_and_prints_their_paths(tmp_path, capsys):
+    """`selma-ray models make-tiny DIR --seed 3` writes exactly what make_tiny(DIR, seed=3)
+    writes (the layout itself is tested in tests/models/test_tiny.py), and prints both paths."""
+    from selma_ray.models.tiny import make_tiny
+
+    out = tmp_path / "m"
+    assert main(["models", "make-tiny", str(out), "--seed", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"sd: {out / 'sd'}", f"llm: {out / 'llm'}"]
+    ref = make_tiny(tmp_path / "ref", seed=3)
+    for kind in ("sd", "llm"):
+        written = _tree_bytes(out / kind)
+        assert "model_index.json" in written or "config.json" in written
+        assert written == _tree_bytes(Path(ref[kind])), kind
 
 
 def _cli(*args: str) -> list[str]:

@@ -8,6 +8,7 @@ from selma_ray.config import (
     SelmaConfig,
     fingerprint_hash,
     load_config,
+    preset_dict,
 )
 
 
@@ -25,10 +26,29 @@ def test_default_is_tiny_and_offline():
     ]
 
 
+def _leaves(tree: dict, prefix: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
 @pytest.mark.parametrize("name", PRESETS)
-def test_every_preset_validates(name):
+def test_every_preset_validates_keeping_each_value_it_sets(name):
+    """Every setting in the preset's YAML survives validation unchanged (none dropped,
+    defaulted or coerced), and the validated config round-trips through its JSON dump."""
     cfg = load_config(preset=name)
     assert cfg.preset == name
+    dump = cfg.model_dump(mode="json")
+    leaves = list(_leaves(preset_dict(name)))
+    assert len(leaves) > 1  # the preset file sets something besides its name
+    for path, value in leaves:
+        got = dump
+        for key in path:
+            got = got[key]
+        assert got == value, ".".join(path)
+    assert SelmaConfig.model_validate(dump) == cfg
 
 
 def test_paper_settings_in_gpu_presets():

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from selma_ray.models import standins, tiny
+from selma_ray.models import llm_standin, standins, tiny
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,6 +63,8 @@ _BUILDERS: dict[str, Callable[..., str]] = {
     "vilt": standins.make_vilt,
     "vlm-chat": standins.make_vlm_chat,
     "sbert": standins.make_sbert,
+    # Llama-3.1-8B-Instruct's stand-in, trained to write stage 1's lists (models/llm_standin.py)
+    "llama31-instruct": llm_standin.make_llama31_instruct,
 }
 TINY_KINDS: tuple[str, ...] = tuple(_BUILDERS)
 

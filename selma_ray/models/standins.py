@@ -56,6 +56,7 @@ __all__ = [
 
 #: Real model id -> the ``tiny:`` reference of its same-architecture stand-in.
 STAND_INS: dict[str, str] = {
+    "meta-llama/Llama-3.1-8B-Instruct": "tiny:llama31-instruct",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "tiny:sd15",
     "stabilityai/stable-diffusion-2-1-base": "tiny:sd21-base",
     "stabilityai/stable-diffusion-xl-base-1.0": "tiny:sdxl",

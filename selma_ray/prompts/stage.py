@@ -13,6 +13,12 @@ fewer examples, then fewer response tokens, else dropped); ``stats.json`` counts
 requests planned, sent, shortened, with fewer response tokens, and dropped by reason. The
 ``openai`` engine cannot count: its requests go out as built.
 
+Prompts an LLM engine writes come without DSG questions; before each round (and once more at
+the end) the same engine is asked for the questions of every prompt accepted since the last
+ask, all skills in one call (:mod:`selma_ray.prompts.dsg`). An answer that cannot be read
+leaves ``questions`` null, counted by reason under ``dsg`` in ``stats.json``; a resumed run
+asks only for the prompts it had not asked about.
+
 Outputs in the run directory, per skill: ``prompts/<skill>.jsonl`` and ``.parquet`` (rows:
 id, skill, prompt, engine, model, round, questions) and ``prompts/stats.json``.
 """
@@ -31,6 +37,7 @@ from typing import Any
 from selma_ray import layout
 from selma_ray.config import PromptsConfig
 from selma_ray.prompts.dedup import filter_near_duplicates
+from selma_ray.prompts.dsg.pipeline import DsgCounts, PromptToAsk, ask_questions
 from selma_ray.prompts.engines.base import PromptEngine, TokenBudget, as_completion
 from selma_ray.prompts.fewshot import (
     FitResult,
@@ -62,6 +69,9 @@ class SkillState:
     requests: Counter = field(default_factory=Counter)
     #: requests not answered, by reason (fewshot.REQUEST_DROP_REASONS)
     requests_dropped: Counter = field(default_factory=Counter)
+    #: rows[:dsg_checked] had their DSG questions asked for (or came with them)
+    dsg_checked: int = 0
+    dsg: DsgCounts = field(default_factory=DsgCounts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +84,8 @@ class SkillState:
             "seconds": round(self.seconds, 3),
             "requests": dict(self.requests),
             "requests_dropped": dict(self.requests_dropped),
+            "dsg_checked": self.dsg_checked,
+            "dsg": self.dsg.to_json(),
             "rows": self.rows,
         }
 
@@ -90,6 +102,8 @@ class SkillState:
             seconds=data["seconds"],
             requests=Counter(data.get("requests", {})),
             requests_dropped=Counter(data.get("requests_dropped", {})),
+            dsg_checked=data.get("dsg_checked", 0),
+            dsg=DsgCounts.from_json(data.get("dsg")),
         )
 
     def stats(self, target: int) -> dict[str, Any]:
@@ -106,6 +120,7 @@ class SkillState:
                 "dropped": dict(sorted(self.requests_dropped.items())),
             },
             "seconds": round(self.seconds, 3),
+            "dsg": self.dsg.to_json(),
         }
 
 
@@ -263,6 +278,8 @@ def generate_prompts(
     bars = _progress_bars(skills, states, cfg.num_prompts, progress)
     try:
         while True:
+            # questions for the prompts the last round accepted (or a killed run left)
+            ask_dsg_questions(cfg, run_dir, engine, states, seed, budget)
             active = [
                 s
                 for s in skills
@@ -299,6 +316,46 @@ def generate_prompts(
         for bar in bars.values():
             bar.close()
     return write_outputs(cfg, run_dir, states)
+
+
+def ask_dsg_questions(
+    cfg: PromptsConfig,
+    run_dir: RunDir,
+    engine: PromptEngine,
+    states: dict[str, SkillState],
+    seed: int,
+    budget: TokenBudget | None,
+) -> None:
+    """Ask ``engine``, in one call, for the DSG questions of every row accepted since the last
+    ask that came without them; saves the states that changed."""
+    # the scene-graph engine writes its own questions and cannot answer a DSG request
+    ask = cfg.dsg_questions.enabled and cfg.engine != "scene-graph"
+    pending: list[tuple[SkillState, dict[str, Any]]] = []
+    for state in states.values():
+        if ask:
+            rows = state.rows[state.dsg_checked :]
+            pending += [(state, r) for r in rows if r["questions"] is None]
+        state.dsg_checked = len(state.rows)
+    if not pending:
+        return
+    t0 = time.perf_counter()
+    outcomes = ask_questions(
+        engine,
+        [PromptToAsk(r["id"], r["skill"], r["prompt"]) for _, r in pending],
+        cfg.dsg_questions,
+        seed=seed,
+        budget=budget,
+    )
+    share = (time.perf_counter() - t0) / len(pending)
+    for (state, row), outcome in zip(pending, outcomes, strict=True):
+        if outcome.questions is not None:
+            row["questions"] = [q.to_dict() for q in outcome.questions]
+        state.dsg.add(outcome)
+        state.dsg.seconds += share
+    for state in {id(s): s for s, _ in pending}.values():
+        run_dir.write_json(state.to_json(), *_state_path(state.skill))
+    n_parsed = sum(o.questions is not None for o in outcomes)
+    log.info("DSG questions for %d of %d prompts", n_parsed, len(outcomes))
 
 
 PARQUET_COLUMNS = ("id", "skill", "prompt", "engine", "model", "round", "questions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -67,8 +68,13 @@ def test_reference_rules_reproduce_the_published_dsg1k_table(release_reports):
     assert sum(PUBLISHED_SD21_ITEMS.values()) == 1060
 
 
-def test_default_rules_on_the_release(release_reports):
-    """Transitive zeroing and kept integer parts move four categories (regression values)."""
+def test_transitive_rules_on_the_release(release_reports):
+    """Transitive zeroing and kept integer parts move four categories.
+
+    These numbers are OUR OWN output (a snapshot of rescore with rules="transitive" when it was
+    written), not published ones: nobody else computes the transitive reading. They are checked
+    independently by test_transitive_release_scores_match_an_independent_computation below and
+    by the hand-computed cases further down."""
     sd21 = release_reports["transitive"]["models"]["sd2dot1"]
     assert round(sd21["overall"], 1) == 80.3
     assert {c: round(v, 1) for c, v in sd21["by_category"].items()} == {
@@ -78,6 +84,50 @@ def test_default_rules_on_the_release(release_reports):
         "pose": 89.2,
         "defying": 83.7,
     }
+
+
+def _said_yes(answer: str) -> bool:
+    return re.sub(r"[^\w\s]", " ", answer.lower()).split() == ["yes"]
+
+
+def _ancestors(parents: dict[int, set[int]], pid: int) -> set[int]:
+    seen: set[int] = set()
+    todo = [pid]
+    while todo:
+        for parent in parents[todo.pop()] - seen:
+            seen.add(parent)
+            todo.append(parent)
+    return seen - {pid}
+
+
+def _transitive_by_hand(items, answers: pd.DataFrame) -> tuple[float, dict[str, float]]:
+    """An independent transitive DSG score: a question scores 1 when its answer is "yes" and
+    every question it depends on, directly or through others, was answered "yes"; an item
+    scores the mean of its questions (0 without answers); the last repeated row wins."""
+    given: dict[str, dict[int, str]] = {}
+    for row in answers.itertuples(index=False):
+        given.setdefault(row.item_id, {})[int(row.question_id)] = row.answer
+    scores: dict[str, list[float]] = {}
+    for item in items:
+        mine = given.get(item.item_id, {})
+        yes = {q.proposition_id: _said_yes(mine.get(q.proposition_id, "")) for q in item.questions}
+        parents = {q.proposition_id: set(q.dependency) & set(yes) for q in item.questions}
+        ok = [yes[pid] and all(yes[a] for a in _ancestors(parents, pid)) for pid in yes]
+        scores.setdefault(item.category, []).append(sum(ok) / len(ok))
+    everything = [v for vals in scores.values() for v in vals]
+    by_category = {c: 100 * sum(v) / len(v) for c, v in scores.items()}
+    return 100 * sum(everything) / len(everything), by_category
+
+
+def test_transitive_release_scores_match_an_independent_computation(release_reports):
+    """The transitive snapshot above, recomputed by a second implementation (ancestor sets
+    instead of a fixpoint) from the same loaded benchmark and the raw answers CSV."""
+    answers = pd.read_csv(RELEASE, dtype=str, keep_default_na=False)
+    overall, by_category = _transitive_by_hand(load_dsg1k().items, answers)
+    sd21 = release_reports["transitive"]["models"]["sd2dot1"]
+    assert sd21["overall"] == pytest.approx(overall, abs=1e-4)
+    assert sd21["by_category"] == pytest.approx(by_category, abs=1e-4)
+    assert round(overall, 1) == 80.3
 
 
 def test_release_diagnostics_report_the_loader_fixes(release_reports):
@@ -115,13 +165,13 @@ def mini():
 
 
 # Hand computation (per item: question scores after zeroing -> item score).
-# Model A, default rules (transitive; dirty cell "2, left" keeps parent 2):
+# Model A, transitive rules (dirty cell "2, left" keeps parent 2):
 #   tifa160_1 yes,no,yes,yes: q2 no -> q3 (<-2) and q4 (<-2) zeroed -> [1,0,0,0] = 0.25
 #   tifa160_2 Yes.,no,yes: q3 (<-1,2) zeroed by q2 -> 1/3
 #   vrd_1 yes,yes,no,yes: q4 (<-3; the self-reference 4 is dropped) zeroed -> 0.5
 #   whoops_1 no rows -> missing, 0;   whoops_2 only q1 yes -> [1,0] = 0.5
 #   countbench_1 no -> 0
-A_DEFAULT = {
+A_TRANSITIVE = {
     "overall": 100 * (0.25 + 1 / 3 + 0.5 + 0 + 0.5 + 0) / 6,
     "by_category": {
         "tifa": 100 * (0.25 + 1 / 3) / 2,
@@ -134,23 +184,23 @@ A_DEFAULT = {
 }
 # Reference rules: tifa160_1 has a dirty cell, so it loses all dependencies -> [1,0,1,1] = 0.75.
 A_REFERENCE = {
-    **A_DEFAULT,
+    **A_TRANSITIVE,
     "overall": 100 * (0.75 + 1 / 3 + 0.5 + 0 + 0.5 + 0) / 6,
-    "by_category": {**A_DEFAULT["by_category"], "tifa": 100 * (0.75 + 1 / 3) / 2},
+    "by_category": {**A_TRANSITIVE["by_category"], "tifa": 100 * (0.75 + 1 / 3) / 2},
 }
 # Model B answers only tifa and relation items (count and defying are not scored):
 #   tifa160_1 (repeated q1: the last row, "yes", counts) yes,yes,no,yes -> [1,1,0,1] = 0.75
 #   tifa160_2 only a row for question 9, which does not exist -> missing, 0
-#   vrd_1 no,yes,yes,yes: default: q3 (<-1) zeroed, so q4 (<-3) too -> [0,1,0,0] = 0.25
+#   vrd_1 no,yes,yes,yes: transitive: q3 (<-1) zeroed, so q4 (<-3) too -> [0,1,0,0] = 0.25
 #                         reference (direct): q4's parent q3 answered yes -> [0,1,0,1] = 0.5
-B_DEFAULT = {
+B_TRANSITIVE = {
     "overall": 100 * (0.75 + 0 + 0.25) / 3,
     "by_category": {"tifa": 37.5, "relation": 25.0},
     "n_items": 3,
     "n_missing": 1,
 }
 B_REFERENCE = {
-    **B_DEFAULT,
+    **B_TRANSITIVE,
     "overall": 100 * (0.75 + 0 + 0.5) / 3,
     "by_category": {"tifa": 37.5, "relation": 50.0},
 }
@@ -166,7 +216,7 @@ def assert_model(got, expected):
 
 @pytest.mark.parametrize(
     ("rules", "expected_a", "expected_b"),
-    [("transitive", A_DEFAULT, B_DEFAULT), ("reference", A_REFERENCE, B_REFERENCE)],
+    [("transitive", A_TRANSITIVE, B_TRANSITIVE), ("reference", A_REFERENCE, B_REFERENCE)],
 )
 def test_two_models_hand_computed(mini, rules, expected_a, expected_b):
     report = rescore_answers(read_answers(str(MINI_ANSWERS)), mini, rules, source="mini")
@@ -190,8 +240,8 @@ def test_parquet_input_with_a_model_column(mini, tmp_path):
     path = tmp_path / "answers.parquet"
     df.to_parquet(path)
     report = rescore_answers(read_answers(str(path)), mini, "transitive", source=str(path))
-    assert_model(report["models"]["A"], A_DEFAULT)
-    assert_model(report["models"]["B"], B_DEFAULT)
+    assert_model(report["models"]["A"], A_TRANSITIVE)
+    assert_model(report["models"]["B"], B_TRANSITIVE)
 
 
 def test_without_a_model_column_everything_is_default(mini, tmp_path):
@@ -205,7 +255,7 @@ def test_without_a_model_column_everything_is_default(mini, tmp_path):
     df.to_csv(path, index=False)
     report = rescore_answers(read_answers(str(path)), mini, "transitive")
     assert list(report["models"]) == ["default"]
-    assert_model(report["models"]["default"], A_DEFAULT)
+    assert_model(report["models"]["default"], A_TRANSITIVE)
 
 
 def test_format_table(mini):
@@ -230,6 +280,62 @@ def test_format_table(mini):
     assert "B: 1 repeated row(s); the last one counts" in table
     assert "A: 1 unanswered question(s), scored 0" in table
     assert "'-': the model has no answers in that category" in table
+
+
+#: Three DSG-1k-shaped items (the annotation file's columns) and their answers.
+THREE_ITEMS = (
+    (
+        "item_id,text,keywords,proposition_id,dependency,category_broad,category_detailed,tuple,"
+        "question_natural_language\n"
+    )
+    + """tifa160_1,t,k,1,0,entity,whole,t,Is there a cat?
+tifa160_1,t,k,2,1,attribute,color,t,Is the cat black?
+tifa160_1,t,k,3,2,attribute,state,t,Is the black cat asleep?
+vrd_1,t,k,1,0,entity,whole,t,Is there a man?
+vrd_1,t,k,2,0,entity,whole,t,Is there a horse?
+vrd_1,t,k,3,"1,2",relation,spatial,t,Is the man on the horse?
+vrd_1,t,k,4,3,relation,action,t,Is the man riding the horse?
+countbench_1,t,k,1,0,entity,whole,t,Are there dogs?
+countbench_1,t,k,2,1,other,count,t,Are there three dogs?
+"""
+)
+THREE_ANSWERS = """item_id,question_id,answer
+tifa160_1,1,no
+tifa160_1,2,yes
+tifa160_1,3,yes
+vrd_1,1,yes
+vrd_1,2,no
+vrd_1,3,yes
+vrd_1,4,yes
+countbench_1,1,Yes.
+countbench_1,2,yes
+"""
+
+
+@pytest.mark.parametrize(
+    ("rules", "overall", "by_category"),
+    [
+        # tifa160_1 no,yes,yes: 1 fails -> 2 zeroed -> 3 zeroed: [0,0,0] = 0
+        # vrd_1 yes,no,yes,yes: 2 fails -> 3 (<-1,2) zeroed -> 4 (<-3) zeroed: [1,0,0,0] = 1/4
+        # countbench_1 all yes: 1
+        ("transitive", 100 * (0 + 1 / 4 + 1) / 3, {"tifa": 0.0, "relation": 25.0, "count": 100.0}),
+        # direct parents only: tifa160_1 [0,0,1] = 1/3; vrd_1 [1,0,0,1] = 1/2 (3 said yes)
+        (
+            "reference",
+            100 * (1 / 3 + 1 / 2 + 1) / 3,
+            {"tifa": 100 / 3, "relation": 50.0, "count": 100.0},
+        ),
+    ],
+)
+def test_three_items_hand_computed(tmp_path, rules, overall, by_category):
+    (tmp_path / "anns.csv").write_text(THREE_ITEMS)
+    (tmp_path / "answers.csv").write_text(THREE_ANSWERS)
+    bench = load_dsg1k(str(tmp_path / "anns.csv"))
+    report = rescore_answers(read_answers(str(tmp_path / "answers.csv")), bench, rules)
+    got = report["models"]["default"]
+    assert got["overall"] == pytest.approx(overall, abs=1e-4)
+    assert got["by_category"] == pytest.approx(by_category, abs=1e-4)
+    assert (got["n_items"], got["n_missing"]) == (3, 0)
 
 
 # --------------------------------------------------------------------------- files and errors

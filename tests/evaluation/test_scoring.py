@@ -83,7 +83,23 @@ def test_normalize_answer():
 # --------------------------------------------------------------------------- DSG items
 
 
-def test_parent_zeroing_is_transitive_by_default():
+def test_default_rules_zero_only_direct_children_and_drop_dirty_dependencies():
+    """The default (REFERENCE_RULES, the DSG authors' script): a failed question zeroes its
+    direct children only, and an item with a dirty dependency cell loses all dependencies."""
+    chain = make_item("tifa160_1", [[], [1], [2]])  # 3 <- 2 <- 1
+    s = score_dsg_item(chain, answers("no", "yes", "yes"))  # no rules given: the default
+    assert s.question_scores == {1: 0.0, 2: 0.0, 3: 1.0}  # 3's parent 2 said yes: kept
+    assert (s.score, s.zeroed) == (pytest.approx(1 / 3), (2,))
+    dirty = make_item("posescript_1", [[], [1]], raw={1: "0", 2: "1, right"})
+    assert score_dsg_item(dirty, answers("no", "yes")).question_scores == {1: 0.0, 2: 1.0}
+    items = [chain, make_item("tifa160_2", [[], [1]])]
+    given = {"tifa160_1": answers("no", "yes", "yes"), "tifa160_2": answers("no", "yes")}
+    # tifa160_1: 1/3 (above); tifa160_2: [0, 0] = 0 -> overall 100 * (1/3 + 0) / 2
+    assert score_dsg(items, given).overall == pytest.approx(100 * (1 / 3) / 2)
+    assert score_dsg(items, given).overall == score_dsg(items, given, REFERENCE_RULES).overall
+
+
+def test_transitive_rules_zero_every_descendant_of_a_failed_question():
     chain = make_item("tifa160_1", [[], [1], [2]])  # 3 <- 2 <- 1
     s = score_dsg_item(chain, answers("no", "yes", "yes"), TRANSITIVE_RULES)
     assert s.raw_scores == {1: 0.0, 2: 1.0, 3: 1.0}

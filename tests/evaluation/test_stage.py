@@ -129,7 +129,54 @@ def run(tiny_models, in_process, tmp_path_factory):
 VARIANTS = ["base", "expert-coco", "expert-whoops", "merged"]
 
 
+def _answers_by_variant(answers: pd.DataFrame, variant: str) -> dict[str, dict[int, str]]:
+    given: dict[str, dict[int, str]] = {}
+    for row in answers[answers["model"] == variant].itertuples(index=False):
+        given.setdefault(row.item_id, {})[int(row.question_id)] = row.answer
+    return given
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in values.items()}
+
+
+def _assert_report_recomputes(rd: RunDir, report: dict) -> None:
+    """The report's DSG numbers per variant and benchmark are what the scoring core computes
+    (reference rules) from the saved answers table; its CLIPScore is the mean of its
+    per-item CLIPScores (when CLIP ran)."""
+    from selma_ray.evaluation.benchmarks import load_dsg1k, load_skill_prompts
+    from selma_ray.evaluation.scoring import REFERENCE_RULES, score_dsg
+
+    answers = pd.read_parquet(io.BytesIO(rd.read_bytes("eval", "answers.parquet")))
+    known = {i.item_id: i for i in load_dsg1k().items}
+    known.update({i.item_id: i for i in load_skill_prompts(rd, list(SKILLS)).items})
+    items = {b: [known[i] for i in ids] for b, ids in report["benchmarks"].items()}
+    n_questions = sum(len(i.questions) for its in items.values() for i in its)
+    assert len(answers) == len(VARIANTS) * n_questions  # every question, once per variant
+    for v in VARIANTS:
+        entry = report["variants"][v]
+        assert set(entry["dsg"]) == {"dsg1k", "skills"}
+        given = _answers_by_variant(answers, v)
+        for bench, bench_items in items.items():
+            expected = score_dsg(bench_items, given, REFERENCE_RULES)
+            assert entry["dsg"][bench] == {
+                "overall": round(expected.overall, 4),
+                "by_category": _rounded(expected.by_category),
+                "n_items": 2,
+                "n_missing": 0,
+                "items": {s.item_id: round(100 * s.score, 4) for s in expected.item_scores},
+            }, (v, bench)
+        if report["clip_model"]:
+            assert set(entry["clip_items"]) == set(report["items"])
+            clip = list(entry["clip_items"].values())
+            assert entry["clip"] == pytest.approx(sum(clip) / len(clip), abs=1e-4)
+            assert all(0 <= c <= 2.5 for c in clip)  # w * max(cos, 0) with w = 2.5
+
+
 def test_images_answers_and_report_json(run):
+    """Every variant's images are written and the report's scores recompute from the saved
+    answers table (the tiny VQA model's answers are noise: every score is 0 here; the next
+    test gives the same check answers that score between 0 and 100)."""
     rd, counts = run
     report = rd.read_json("eval", "report.json")
     assert list(report["variants"]) == VARIANTS
@@ -139,10 +186,7 @@ def test_images_answers_and_report_json(run):
     for v in VARIANTS:
         names = sorted(rd.listdir("eval", "images", v))
         assert names == sorted(f"{i}.png" for i in report["items"])
-        entry = report["variants"][v]
-        assert set(entry["dsg"]) == {"dsg1k", "skills"}
-        assert 0 <= entry["dsg"]["dsg1k"]["overall"] <= 100
-        assert entry["clip"] is not None and 0 <= entry["clip"] <= 2.5
+    _assert_report_recomputes(rd, report)
     # held out: the skills items are the trainer's validation prompts, round-robin over skills
     skills_items = report["benchmarks"]["skills"]
     assert {report["items"][i]["category"] for i in skills_items} == set(SKILLS)
@@ -151,6 +195,39 @@ def test_images_answers_and_report_json(run):
     base = rd.read_bytes("eval", "images", "base", f"{item}.png")
     assert base != rd.read_bytes("eval", "images", "expert-coco", f"{item}.png")
     assert base != rd.read_bytes("eval", "images", "merged", f"{item}.png")
+
+
+def test_report_recomputes_from_saved_answers_that_score_between_0_and_100(
+    run, in_process, tmp_path
+):
+    """A copy of the run whose saved answers are rewritten (seeded mix of "Yes.", "yes", "no",
+    "maybe"): the rerun asks nothing, draws nothing, and scores exactly those answers."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selma_ray import layout
+
+    rd, _ = run
+    copy = RunDir(str(tmp_path / "run"))
+    shutil.copytree(rd.path(), copy.path())
+    rng = np.random.default_rng(0)
+    for name in sorted(copy.listdir(*layout.eval_answer_parts())):
+        path = copy.path(*layout.eval_answer_parts(name))
+        table = pq.read_table(path)
+        mixed = rng.choice(["Yes.", "yes", "no", "maybe"], size=table.num_rows).tolist()
+        pq.write_table(table.set_column(table.schema.get_field_index("answer"), "answer",
+                                        pa.array(mixed)), path)  # fmt: skip
+    draws = in_process.draws
+    eval_stage.run_eval_stage(_cfg("eval.clip_model=null"), copy, in_process)
+    assert in_process.draws == draws
+    assert copy.read_json("eval", "stats.json")["asked_now"] == 0
+    report = copy.read_json("eval", "report.json")
+    _assert_report_recomputes(copy, report)
+    overall = [e["dsg"][b]["overall"] for e in report["variants"].values() for b in e["dsg"]]
+    assert any(0 < o < 100 for o in overall) and len(set(overall)) > 1
 
 
 def test_answers_parquet_rescores_to_the_stage_numbers(run):
@@ -203,24 +280,6 @@ def test_round_robin_is_deterministic():
     assert len({i.category for i in picked}) == 8
 
 
-def test_vqa_scorer_backends_on_tiny_models(tiny_models):
-    import numpy as np
-    from PIL import Image
-
-    from selma_ray.evaluation.clip import ClipScorer
-    from selma_ray.evaluation.vqa import VQAScorer, chat_prompt
-
-    img = Image.new("RGB", (32, 32), (200, 20, 20))
-    vqa = VQAScorer("tiny:vqa", num_threads=1, max_new_tokens=3)
-    assert vqa.backend == "generate"
-    answers = vqa.answer([img, img], ["Is there a cat?", "What color?"])
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    clip = ClipScorer("tiny:clip", num_threads=1)
-    s = clip.score([img, img], ["a red cat", "a dog"])
-    assert s.shape == (2,) and np.all((s >= 0) & (s <= 2.5))
-    assert chat_prompt("Is it red?", []) == "Is it red? Answer yes or no."
-
-
 @pytest.mark.slow
 def test_stage_on_ray_matches_in_process(run, ray_cluster, tmp_path):
     """The real Ray Data path (image actor pool with LoRA swaps, VQA + CLIP pools)."""
@@ -246,8 +305,12 @@ def test_stage_on_ray_matches_in_process(run, ray_cluster, tmp_path):
 
 def test_tifa_benchmark_end_to_end(tiny_models, in_process, tmp_path):
     """eval.benchmarks=[tifa]: the TIFA file's captions are drawn, asked and scored."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import torch
 
+    from selma_ray import layout
     from selma_ray.evaluation.benchmarks import load_tifa
 
     torch.set_num_threads(1)
@@ -259,15 +322,47 @@ def test_tifa_benchmark_end_to_end(tiny_models, in_process, tmp_path):
     eval_stage.run_eval_stage(cfg, rd, in_process)
     report = rd.read_json("eval", "report.json")
     tifa = report["variants"]["base"]["tifa"]
-    captions = load_tifa(str(tifa_file)).items
-    assert tifa["n_items"] == min(len(captions), cfg.eval.max_items)
-    assert 0 <= tifa["overall"] <= 100 and tifa["by_element_type"]
-    # every TIFA question was put to the VQA model with its choices
+    captions = {c.item_id: c for c in load_tifa(str(tifa_file)).items}
+    assert len(captions) > cfg.eval.max_items == len(report["benchmarks"]["tifa"])
+    chosen = [captions[i] for i in report["benchmarks"]["tifa"]]
+    # every chosen caption's every question was put to the VQA model, once
     answers = pd.read_parquet(rd.path("eval", "answers.parquet"))
-    assert set(answers["benchmark"]) == {"tifa"}
+    assert set(answers["benchmark"]) == {"tifa"} and set(answers["model"]) == {"base"}
     asked = answers.groupby("item_id").size().to_dict()
-    expected = {c.item_id: len(c.questions) for c in captions if c.item_id in asked}
-    assert asked == expected
+    assert asked == {c.item_id: len(c.questions) for c in chosen}
+    # the report's TIFA numbers are the scoring core's, from the saved answers table; the tiny
+    # VQA model names no choice (all 0), so the saved answers are then rewritten, half of them
+    # to the right choice, and the rerun (asking nothing) must score exactly those
+    _assert_tifa_recomputes(tifa, chosen, answers, cfg.eval.max_items)
+    assert tifa["overall"] == 0.0
+    right = {(c.item_id, q.question_id): q.answer for c in chosen for q in c.questions}
+    rng = np.random.default_rng(0)
+    for name in rd.listdir(*layout.eval_answer_parts()):
+        path = rd.path(*layout.eval_answer_parts(name))
+        table = pq.read_table(path)
+        keys = zip(table["item_id"].to_pylist(), table["question_id"].to_pylist(), strict=True)
+        mixed = [right[k] if rng.random() < 0.5 else "maybe" for k in keys]
+        column = table.schema.get_field_index("answer")
+        pq.write_table(table.set_column(column, "answer", pa.array(mixed)), path)
+    eval_stage.run_eval_stage(cfg, rd, in_process)
+    assert rd.read_json("eval", "stats.json")["asked_now"] == 0
+    tifa = rd.read_json("eval", "report.json")["variants"]["base"]["tifa"]
+    answers = pd.read_parquet(rd.path("eval", "answers.parquet"))
+    _assert_tifa_recomputes(tifa, chosen, answers, cfg.eval.max_items)
+    assert 0 < tifa["overall"] < 100
+
+
+def _assert_tifa_recomputes(tifa: dict, chosen: list, answers: pd.DataFrame, n: int) -> None:
+    from selma_ray.evaluation.scoring import score_tifa
+
+    expected = score_tifa(chosen, _answers_by_variant(answers, "base"))
+    assert tifa == {
+        "overall": round(expected.overall, 4),
+        "by_category": _rounded(expected.by_category),
+        "by_element_type": _rounded(expected.by_element_type),
+        "n_items": n,
+        "n_missing": 0,
+    }
 
 
 def test_variants_are_drawn_with_the_experts_base_model_and_resolution():

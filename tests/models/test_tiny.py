@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -78,24 +77,64 @@ def _sd_images(path: str, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------------------ Stable Diffusion
 
 
+#: The files of each tiny model: the Hugging Face layouts of a StableDiffusionPipeline and of
+#: a causal LM with its tokenizer and chat template.
+SD_FILES = {
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+}
+LLM_FILES = {
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+
+
 def test_make_tiny_layout(tiny_dirs: dict[str, str]) -> None:
-    assert set(tiny_dirs) == {"sd", "llm"}
-    sd, llm = Path(tiny_dirs["sd"]), Path(tiny_dirs["llm"])
-    assert sd.name == "sd"
-    assert llm.name == "llm"
-    assert (sd / "model_index.json").is_file()
-    for part in ("unet", "vae", "text_encoder"):
-        assert list((sd / part).glob("*.safetensors")), part
-    assert (llm / "model.safetensors").is_file()
-    assert (llm / "tokenizer.json").is_file()
+    """make_tiny(DIR) writes DIR/sd and DIR/llm with exactly the files of their layouts, and
+    model_index.json names the class of each SD component folder."""
+    root = Path(tiny_dirs["sd"]).parent
+    assert tiny_dirs == {"sd": str(root / "sd"), "llm": str(root / "llm")}
+    assert set(_file_hashes(tiny_dirs["sd"])) == SD_FILES
+    assert set(_file_hashes(tiny_dirs["llm"])) == LLM_FILES
+    index = json.loads((root / "sd" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert {k: v for k, v in index.items() if isinstance(v, list) and v[0]} == {
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
 
 
-def test_sd_generates_images(sd_images: np.ndarray) -> None:
+def test_sd_generates_images(tiny_dirs: dict[str, str], sd_images: np.ndarray) -> None:
+    """Two prompts give two 64 px RGB images in [0, 1] that differ (the text conditions the
+    UNet); the generator seed fixes them: the same seed again gives the same pixels, another
+    seed other pixels."""
     images = sd_images
-    assert images.shape == (2, 64, 64, 3)
-    assert np.isfinite(images).all()
-    for image in images:
-        assert image.std() > 0
+    assert images.shape == (2, 64, 64, 3) and images.dtype == np.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert all(image.std() > 0 for image in images)
+    assert not np.array_equal(images[0], images[1])
+    np.testing.assert_array_equal(_sd_images(tiny_dirs["sd"], seed=0), images)
+    other = _sd_images(tiny_dirs["sd"], seed=1)
+    assert other.shape == images.shape
+    assert not np.array_equal(other[0], images[0]) and not np.array_equal(other[1], images[1])
 
 
 def test_sd_loads_with_diffusion_pipeline(tiny_dirs: dict[str, str]) -> None:
@@ -365,12 +404,14 @@ _VLLM_SCRIPT = textwrap.dedent(
         params = SamplingParams(max_tokens=32, ignore_eos=True, temperature=1.0, seed=0)
         outs = llm.chat(messages, params)
         t3 = time.perf_counter()
+        again = llm.chat(messages, params)  # same seed: the same text
         result = {
             "import_s": t1 - t0,
             "engine_s": t2 - t1,
             "generate_s": t3 - t2,
             "n_tokens": [len(o.outputs[0].token_ids) for o in outs],
             "texts": [o.outputs[0].text for o in outs],
+            "texts_again": [o.outputs[0].text for o in again],
         }
         print("RESULT " + json.dumps(result), flush=True)
 
@@ -383,9 +424,9 @@ _VLLM_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_cpu_loads_tiny_llm(tiny_dirs: dict[str, str], tmp_path: Path) -> None:
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed")
+def test_vllm_cpu_loads_tiny_llm(
+    require_vllm: None, tiny_dirs: dict[str, str], tmp_path: Path
+) -> None:
     script = tmp_path / "run_vllm.py"
     script.write_text(_VLLM_SCRIPT)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
@@ -405,6 +446,8 @@ def test_vllm_cpu_loads_tiny_llm(tiny_dirs: dict[str, str], tmp_path: Path) -> N
     result = json.loads(lines[-1][len("RESULT ") :])
     assert result["n_tokens"] == [32, 32]
     assert all(isinstance(t, str) and t for t in result["texts"])
+    assert result["texts_again"] == result["texts"]  # seed=0 reproduces the sampled text
+    assert result["texts"][0] != result["texts"][1]  # two prompts, two different answers
     print(
         f"vLLM CPU: import {result['import_s']:.1f}s, engine {result['engine_s']:.1f}s, "
         f"generate 2x32 tokens {result['generate_s']:.2f}s"

@@ -23,11 +23,15 @@ def test_cluster_yaml_is_valid_for_the_ray_cluster_launcher():
     assert any("[gpu,cloud]" in c for c in config["setup_commands"])
 
 
-def test_invalid_cluster_yaml_is_rejected():
+def test_invalid_cluster_yaml_is_rejected_naming_the_bad_field():
+    import jsonschema
     import pytest
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     config["available_node_types"]["gpu_worker"]["min_workers"] = "zero"
-    with pytest.raises(Exception, match="zero"):
+    with pytest.raises(jsonschema.ValidationError) as e:
         validate_config(prepare_config(config))
+    assert e.value.message == "'zero' is not of type 'integer'"
+    assert list(e.value.absolute_path) == ["available_node_types", "gpu_worker", "min_workers"]
+    assert "On instance['available_node_types']['gpu_worker']['min_workers']" in str(e.value)

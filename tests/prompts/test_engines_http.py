@@ -130,8 +130,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tiny_models, tmp_path_factory):
-    pytest.importorskip("vllm")
+def vllm_server(require_vllm, tiny_models, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}

@@ -1,6 +1,7 @@
 """The vllm engine for real: vllm(-cpu) engines in a Ray Data actor pool, with the tiny LLM.
 
-Three engine starts in all: one for direct requests, one for the stage, one that fails.
+Four engine starts in all: two for direct requests (the second repeats seeds), one for the
+stage, one that fails. Without vllm these tests fail; ``SELMA_SKIP_VLLM=1`` skips them.
 """
 
 from __future__ import annotations
@@ -24,16 +25,12 @@ TOO_LONG = {
 }
 
 
-@pytest.fixture(scope="module")
-def vllm_available():
-    pytest.importorskip("vllm")
-
-
 def test_vllm_engine_answers_requests_and_refuses_one_too_long(
-    vllm_available, ray_cluster, tiny_models
+    require_vllm, ray_cluster, tiny_models
 ):
     """Direct requests on Ray Data actors: vLLM counts each prompt as the driver's budget
-    does; a request vLLM refuses (sent unfitted) is answered with an error, the others not."""
+    does; a request vLLM refuses (sent unfitted) is answered with an error, the others not;
+    a rerun on fresh engines with the same seeds writes the same texts."""
     from selma_ray.distributed import RayExecutor
     from selma_ray.prompts.engines.vllm_engine import VllmEngine
 
@@ -45,19 +42,25 @@ def test_vllm_engine_answers_requests_and_refuses_one_too_long(
     budget = engine.token_budget()
     assert budget.max_model_len == 512 and budget.count(reqs[1]) > 512
     out = engine.generate(reqs)
+    assert len(out) == 3  # one completion per request, in request order
     assert [c.error for c in out] == [None, "rejected_by_engine", None]
-    for req, c in zip(reqs, out, strict=True):
-        if c.error is None:
-            assert c.prompt_tokens == budget.count(req)  # vLLM's own count
-            # noise from a random model: 16 tokens without an end token means cut at the limit
-            assert c.text and c.truncated
+    assert (out[1].text, out[1].truncated, out[1].prompt_tokens) == ("", False, None)
+    answered = [0, 2]
+    assert [out[i].prompt_tokens for i in answered] == [budget.count(reqs[i]) for i in answered]
+    # noise from a random model: 16 tokens without an end token means cut at the limit
+    assert all(out[i].text and out[i].truncated for i in answered)
+    assert out[0].text != out[2].text  # seeds 1 and 2, different examples: different texts
+    again = engine.generate([reqs[i] for i in answered])  # a new Ray Data job, new engines
+    assert [c.text for c in again] == [out[i].text for i in answered]
+    assert [c.error for c in again] == [None, None]
 
 
-def test_tiny_preset_on_vllm_fits_requests_to_the_model(vllm_available, ray_cluster, tmp_path):
+def test_tiny_preset_on_vllm_fits_requests_to_the_model(require_vllm, ray_cluster, tmp_path):
     """prompts.engine=vllm on the tiny preset, max_model_len unset (tiny:llm: 512 positions,
     the preset asks 512 response tokens): the stage runs through run_pipeline on Ray and
     finishes; every request is cut to one example and the room left, the too-long skill's
     requests are dropped, and vLLM fed every prompt exactly the tokens the budget counted."""
+    from selma_ray import layout
     from selma_ray.pipeline import run_pipeline
     from selma_ray.storage import RunDir
 
@@ -74,8 +77,16 @@ def test_tiny_preset_on_vllm_fits_requests_to_the_model(vllm_available, ray_clus
     summary = run_pipeline(cfg, str(tmp_path / "run"), stages=["prompts"])
     rd = RunDir(str(tmp_path / "run"))
     manifest = rd.read_json("manifest.json")
-    assert manifest["stages"]["prompts"]["status"] in ("done", "incomplete")
     stats = rd.read_json("prompts", "stats.json")
+    # one round of 2 requests from a random model cannot reach 4 prompts per skill
+    assert manifest["stages"]["prompts"]["status"] == "incomplete"
+    assert summary.incomplete == ["prompts"]
+    assert stats["too-long"]["accepted"] == 0  # none of its requests was sent
+    for skill in ("coco", "whoops"):
+        reached = stats[skill]["accepted"]
+        assert reached < 4
+        assert f"prompts {skill}: reached {reached} of 4 after 1 rounds" in summary.notes
+        assert len(rd.read_jsonl(*layout.prompts_file(skill))) == reached
     cut = {"planned": 2, "sent": 2, "shortened": 2, "max_tokens_reduced": 2, "miscounted": 0}
     for skill in ("coco", "whoops"):
         assert stats[skill]["requests"] == {**cut, "dropped": {}}
@@ -91,12 +102,10 @@ def test_tiny_preset_on_vllm_fits_requests_to_the_model(vllm_available, ray_clus
         "miscounted": 0,
         "dropped": {"request_too_long": 2},
     }
-    if manifest["stages"]["prompts"]["status"] == "incomplete":
-        assert any("reached" in n for n in summary.notes)
 
 
 def test_engine_that_cannot_start_fails_the_stage_at_once_with_vllms_reason(
-    vllm_available, ray_cluster, tmp_path
+    require_vllm, ray_cluster, tmp_path
 ):
     """A KV cache larger than the machine: vLLM's worker process fails, LLM() only says
     "Engine core initialization failed"; the stage fails once, quoting the worker's reason."""
