@@ -235,6 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if "=" not in kv:
                     raise ConfigError(f"--arg {kv!r}: expected KEY=VALUE")
                 key, value = kv.split("=", 1)
+                own = {"host": "--host", "port": "--port", "run_dir": "--run-dir"}
+                if key in own or key in ("address", "blocking", "name", "route_prefix"):
+                    flag = own.get(key, "the command's own options")
+                    msg = f"--arg {key}=...: not a serve argument; use {flag}"
+                    raise ConfigError(msg)
                 extra[key] = value
             serve_run_dir(
                 args.run_dir, host=args.host, port=args.port, address=args.address,

@@ -204,3 +204,9 @@ def test_evaluate_rescore_missing_columns_exit_2(tmp_path, capsys):
     assert main(["evaluate", "rescore", "--answers", str(answers)]) == 2
     err = capsys.readouterr().err
     assert "item_id" in err and "answer" in err
+
+
+def test_serve_arg_that_names_a_command_option_exits_2(tmp_path, capsys):
+    code = main(["serve", "--run-dir", str(tmp_path), "--arg", "host=0.0.0.0"])
+    assert code == 2
+    assert "--arg host=...: not a serve argument; use --host" in capsys.readouterr().err

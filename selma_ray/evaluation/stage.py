@@ -167,7 +167,9 @@ class LoraImageGenerator(ImageGenerator):
         super().__init__(cfg, out_uri, **kw)
         self.loras = dict(loras)
         self.current: str | None = "base"
-        self.tmp = tempfile.mkdtemp(prefix="selma-eval-lora-")
+        # local copies of the LoRA files, removed when this generator goes away
+        self._tmp = tempfile.TemporaryDirectory(prefix="selma-eval-lora-")
+        self.tmp = self._tmp.name
 
     def use(self, variant: str) -> None:
         if variant == self.current:

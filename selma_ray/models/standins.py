@@ -33,6 +33,7 @@ from selma_ray.models.tiny import (
     _tiny_clip_tokenizer,
     _tiny_llm_tokenizer,
     _write_clip_vocab_files,
+    tiny_llama_config,
 )
 
 if TYPE_CHECKING:
@@ -621,7 +622,6 @@ def make_vlm_chat(path: str | os.PathLike[str], seed: int = 0) -> str:
     from transformers import (
         CLIPVisionConfig,
         GenerationConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -642,20 +642,7 @@ def make_vlm_chat(path: str | os.PathLike[str], seed: int = 0) -> str:
             projection_dim=32,
             hidden_act="quick_gelu",
         )
-        text = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=32,
-            max_position_embeddings=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-        )
+        text = tiny_llama_config(tokenizer)
         n_patches = (_CLIP_IMAGE_SIZE // 14) ** 2
         config = LlavaConfig(
             vision_config=vision,

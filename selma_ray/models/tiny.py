@@ -432,30 +432,38 @@ def _tiny_llm_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def tiny_llama_config(tokenizer: PreTrainedTokenizerFast) -> Any:
+    """The tiny Llama decoder (head_dim 32, the smallest vLLM's CPU attention takes), sized to
+    ``tokenizer``: the tiny chat LLM and the chat VLM stand-in's language model."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+
+
 def make_tiny_llm(path: str | os.PathLike[str], seed: int = 0) -> str:
     """Write a tiny random Llama-style chat LLM (model + tokenizer) to ``path``; return it.
 
     Loads with ``AutoModelForCausalLM`` / ``AutoTokenizer`` and with vLLM (head_dim 32).
     """
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     out = Path(path)
     with _BUILD_LOCK:
         tokenizer = _tiny_llm_tokenizer()
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=32,
-            max_position_embeddings=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
-        )
+        config = tiny_llama_config(tokenizer)
         with _seeded(seed):
             model = LlamaForCausalLM(config)
         model.generation_config = GenerationConfig(

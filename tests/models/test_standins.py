@@ -12,20 +12,11 @@ import torch
 from selma_ray.config import load_config
 from selma_ray.models import STAND_INS, TINY_KINDS, resolve_model, stand_in_for
 from selma_ray.models.standins import VILT_ANSWERS
+from selma_ray.rehearsal import MODEL_FIELDS
 
 # tests/conftest.py sets HF_HUB_OFFLINE=1 and a per-session SELMA_RAY_CACHE.
 
 GPU_PRESETS = ("sd15", "sd2", "sdxl")
-#: (section, field) of every model id a preset names.
-MODEL_FIELDS = (
-    ("prompts", "model"),
-    ("images", "model"),
-    ("train", "base_model"),
-    ("eval", "vqa_model"),
-    ("eval", "clip_model"),
-    ("eval", "answer_matcher"),
-)
-#: Built by someone else (selma_ray/models/llm_standin.py); may not be in STAND_INS yet.
 LLM_ID = "meta-llama/Llama-3.1-8B-Instruct"
 
 
