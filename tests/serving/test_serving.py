@@ -550,7 +550,7 @@ def test_burst_is_bounded_and_server_recovers(server):
 
 @pytest.mark.slow
 def test_app_answers_a_full_queue_with_its_own_json_503_then_recovers(server):
-    """The model deployment takes 2 running + 4 queued requests per caller; a burst of 14 slow
+    """The model deployment takes 2 running + 4 queued requests per caller; a burst of 20 slow
     requests (20 steps at 128 px; well under the ingress's own
     capacity) overflows that queue: requests past it get the app's JSON 503 with Retry-After at
     once (never Serve's plain-text 503), and the server answers normally afterwards."""
@@ -566,7 +566,7 @@ def test_app_answers_a_full_queue_with_its_own_json_503_then_recovers(server):
                         json={**body, "seed": i, "size": "128x128"},
                         headers=_auth(),
                     )
-                    for i in range(14)
+                    for i in range(20)
                 )
             )
 
