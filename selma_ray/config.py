@@ -21,7 +21,15 @@ from typing import Any, Literal
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from selma_ray.merging.methods import METHODS
 from selma_ray.skills import BUILTIN_SKILLS, DEFAULT_SKILLS, Skill, resolve_skill
@@ -56,6 +64,14 @@ class ActorPool(Section):
     max_task_retries: int = Field(
         3, ge=-1, description="Retries of a task whose actor died (-1 = unlimited)."
     )
+
+    #: Where this pool sits in the config (``images.pool``), for messages from its actors;
+    #: set by :class:`SelmaConfig`.
+    _field: str = PrivateAttr("pool")
+
+    @property
+    def field(self) -> str:
+        return self._field
 
     @model_validator(mode="after")
     def _bounds(self) -> ActorPool:
@@ -448,6 +464,15 @@ class RayConfig(Section):
         None,
         description="Cluster address ('auto', 'ray://host:10001'); None = RAY_ADDRESS or local.",
     )
+    cpu_fallback: bool = Field(
+        False,
+        description=(
+            "When Ray gives an actor, training worker or replica GPUs that torch cannot use "
+            "(CPU torch, no driver), run it on the CPU with a warning instead of failing. "
+            "Rehearsals allow it always."
+        ),
+        json_schema_extra=RUNTIME,
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
     object_store_memory_mb: int | None = Field(None, ge=64, description="Local Ray object store.")
 
@@ -460,6 +485,14 @@ class StorageConfig(Section):
     )
     cache_dir: str | None = Field(
         None, description="Where tiny models are built; None = $SELMA_RAY_CACHE or ~/.cache."
+    )
+    shared_filesystem: bool = Field(
+        False,
+        description=(
+            "A local run directory (or train.storage_path) is on a filesystem mounted at the "
+            "same path on every node (NFS, Lustre...). Without it, a local path on a cluster "
+            "whose nodes are on several hosts is refused: workers write there directly."
+        ),
     )
 
 
@@ -487,6 +520,11 @@ class SelmaConfig(Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _name_pools(self) -> SelmaConfig:
+        name_pools(self)
+        return self
 
     @field_validator("preset")
     @classmethod
@@ -517,6 +555,17 @@ class SelmaConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def name_pools(section: BaseModel, prefix: str = "") -> None:
+    """Tell every :class:`ActorPool` under ``section`` its dotted path (``images.pool``)."""
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, ActorPool):
+            value._field = path
+        elif isinstance(value, BaseModel):
+            name_pools(value, f"{path}.")
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:

@@ -16,8 +16,7 @@ The pipeline picks the executor (``ray.executor``); tests pass one in.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -144,7 +143,8 @@ class InProcessExecutor:
 
         errors: dict[str, BaseException] = {}
         for job in jobs:
-            directory = _local_checkpoint_dir(job.storage_path, train_run_name(job.skill))
+            # beside the run's other files, on its storage (as Ray Train's are)
+            directory = posixpath.join(job.storage_path.rstrip("/"), train_run_name(job.skill))
             reporter = LocalReporter(directory, num_to_keep=job.train.num_to_keep)
             reporter.checkpoints = sorted(checkpoint_steps(directory))
             try:
@@ -171,13 +171,3 @@ def raise_expert_failures(errors: dict[str, BaseException], n_jobs: int) -> None
     detail = "; ".join(f"{s}: {type(e).__name__}: {e}" for s, e in errors.items())
     msg = f"{len(errors)} of {n_jobs} experts failed ({detail}); rerun to resume them"
     raise RuntimeError(msg) from next(iter(errors.values()))
-
-
-def _local_checkpoint_dir(storage_path: str, name: str) -> str:
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    fs, root = fsspec.core.url_to_fs(storage_path)
-    if isinstance(fs, LocalFileSystem):
-        return os.path.join(root, name)
-    return tempfile.mkdtemp(prefix=f"selma-{name}-")

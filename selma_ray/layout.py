@@ -59,6 +59,15 @@ STAGE_OUTPUTS: dict[str, Parts] = {
 }
 
 
+#: Prefix of the empty object the storage check writes and deletes at the run's root.
+WRITE_PROBE_PREFIX = ".selma-write-check-"
+
+
+def write_probe(token: str) -> Parts:
+    """The storage check's probe (deleted right after it is written)."""
+    return (f"{WRITE_PROBE_PREFIX}{token}",)
+
+
 def config() -> Parts:
     return (CONFIG_FILE,)
 

@@ -207,20 +207,21 @@ def run_pipeline(
     select_stages(list(redo))  # validates names
     preflight(cfg, uri, [s.name for s in selected])  # bad input: refused before any work
     rd = RunDir(uri)
-    rd.makedirs()
     manifest = Manifest(rd)
-    if cfg.rehearsal:
-        manifest.data["rehearsal"] = cfg.rehearsal
-        manifest.save()
     summary = RunSummary(run_dir=uri)
     plan = _plan(cfg, manifest, selected, set(redo))
-    rd.write_text(cfg.to_yaml(), *layout.config())
     ctx = StageContext(cfg=cfg, run_dir=rd, progress=progress)
     with ExitStack() as stack:
         to_run = [stage for stage, _, action in plan if action != "skip"]
         if executor is None and any(stage.needs_ray(cfg) for stage in to_run):
             executor = _start_executor(cfg, stack, progress=progress)
-        _check_cluster(cfg, executor, [stage.name for stage in to_run])
+        # the cluster's resources and hosts: refused here, before the run directory is written
+        _check_cluster(cfg, executor, [stage.name for stage in to_run], uri)
+        rd.makedirs()
+        if cfg.rehearsal:
+            manifest.data["rehearsal"] = cfg.rehearsal
+            manifest.save()
+        rd.write_text(cfg.to_yaml(), *layout.config())
         for stage, fingerprint, action in plan:
             if action == "skip":
                 log.info("stage %s: done with the same config, skipped", stage.name)
@@ -254,11 +255,14 @@ def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Ex
     from selma_ray.distributed import RayExecutor, ray_session
 
     stack.enter_context(ray_session(cfg.ray))
-    return RayExecutor(progress=progress)
+    return RayExecutor(progress=progress, cpu_fallback=cfg.ray.cpu_fallback or cfg.rehearse)
 
 
-def _check_cluster(cfg: SelmaConfig, executor: Executor | None, stages: list[str]) -> None:
-    """Preflight of the CPUs and GPUs the stages ask for, against this Ray session's cluster."""
+def _check_cluster(
+    cfg: SelmaConfig, executor: Executor | None, stages: list[str], run_dir: str
+) -> None:
+    """Preflight of the CPUs and GPUs the stages ask for, and of a local run directory's reach,
+    against this Ray session's cluster."""
     from selma_ray.distributed import RayExecutor
 
     if not isinstance(executor, RayExecutor):
@@ -267,7 +271,7 @@ def _check_cluster(cfg: SelmaConfig, executor: Executor | None, stages: list[str
 
     offer = cluster_offer()
     if offer is not None:
-        preflight_resources(cfg, stages, offer)
+        preflight_resources(cfg, stages, offer, run_dir)
 
 
 def _plan(

@@ -91,6 +91,8 @@ class ClusterOffer:
     nodes: tuple[dict[str, float], ...]
     can_grow: bool
     where: str
+    #: The addresses of the hosts the live nodes run on (several raylets may share one host).
+    hosts: tuple[str, ...] = ()
 
     @property
     def max_node(self) -> dict[str, float]:
@@ -120,10 +122,14 @@ def preflight(
 
 
 def preflight_resources(
-    cfg: SelmaConfig, stages: Collection[str], cluster: ClusterOffer
+    cfg: SelmaConfig, stages: Collection[str], cluster: ClusterOffer, run_dir: str | None = None
 ) -> Findings:
-    """:func:`check_resources`; warnings logged, errors raised as one :class:`ConfigError`."""
-    return _report(check_resources(cfg, stages, cluster))
+    """:func:`check_resources` and, given the run directory, :func:`check_shared_storage`;
+    warnings logged, errors raised as one :class:`ConfigError`."""
+    found = check_resources(cfg, stages, cluster)
+    if run_dir is not None:
+        found.extend(check_shared_storage(cfg, run_dir, stages, cluster))
+    return _report(found)
 
 
 def _report(found: Findings) -> Findings:
@@ -680,4 +686,35 @@ def check_resources(cfg: SelmaConfig, stages: Collection[str], cluster: ClusterO
             found.warnings.extend(Problem(p.field, p.problem + growing, p.fix) for p in problems)
         else:
             found.errors.extend(problems)
+    return found
+
+
+def check_shared_storage(
+    cfg: SelmaConfig, run_dir: str, stages: Collection[str], cluster: ClusterOffer
+) -> Findings:
+    """Workers on every node read and write the run directory (images, caches, checkpoints)
+    themselves, so on nodes spread over several hosts a local path must be a shared mount:
+    refused unless ``storage.shared_filesystem`` says it is one."""
+    from selma_ray.storage import protocol_of
+
+    found = Findings()
+    hosts = sorted(set(cluster.hosts))
+    if len(hosts) < 2 or cfg.storage.shared_filesystem:
+        return found
+    places = [("--run-dir", run_dir)]
+    if "experts" in stages and cfg.train.storage_path:
+        places.append(("train.storage_path", cfg.train.storage_path))
+    shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+    for fld, uri in places:
+        if protocol_of(uri) not in ("file", "local"):
+            continue
+        found.errors.append(
+            Problem(
+                fld,
+                f"{uri!r} is a local path but this cluster's nodes are on {len(hosts)} hosts "
+                f"({shown}), whose workers would each write to their own disk",
+                "use object storage (s3://bucket/prefix, gs://bucket/prefix) or, when the path "
+                "is a filesystem mounted on every node, set storage.shared_filesystem: true",
+            )
+        )
     return found

@@ -183,8 +183,9 @@ def check_storage(run_dir: str, train_storage: str | None = None) -> None:
 
     Raises :class:`~selma_ray.config.ConfigError` naming the URI and the fix. On S3 it asks for
     the bucket (``HeadBucket``: the ``s3:ListBucket`` permission the run needs anyway); on other
-    object stores for the run directory's path, so access errors are caught but a missing
-    bucket only shows at the first write. Local and ``memory://`` paths are not checked.
+    object stores for the run directory's path. Then it writes and deletes an empty probe
+    object under the run directory, so read-only credentials (and, on other stores, a missing
+    bucket) are caught too. Local and ``memory://`` paths are not checked here.
     """
     for what, uri in (("--run-dir", run_dir), ("train.storage_path", train_storage)):
         if not uri:
@@ -205,6 +206,14 @@ def check_storage(run_dir: str, train_storage: str | None = None) -> None:
                 )
                 raise ConfigError(msg) from e
         except Exception as e:  # noqa: BLE001 - every failure becomes a message naming the fix
+            raise ConfigError(_storage_problem(what, uri, bucket, fs, e, s3=s3)) from e
+        # credentials that may read but not write or delete (both needed: --redo, checkpoint
+        # rotation) would fail at the first write, after the driver has started Ray
+        probe = posixpath.join(root.rstrip("/"), *layout.write_probe(uuid.uuid4().hex))
+        try:
+            fs.pipe_file(probe, b"")
+            fs.rm_file(probe)
+        except Exception as e:  # noqa: BLE001 - as above
             raise ConfigError(_storage_problem(what, uri, bucket, fs, e, s3=s3)) from e
 
 

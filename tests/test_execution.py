@@ -76,3 +76,37 @@ def test_in_process_experts_resume_from_their_checkpoints(tiny_models, tmp_path)
     meta = rd.read_json("experts", "coco", "expert.json")
     assert meta["steps"] == 4 and meta["resumed_from"] == 2
     assert [int(s) for s, _ in meta["train_loss"]] == [1, 2, 3, 4]
+
+
+def test_in_process_checkpoints_go_to_the_run_storage_and_resume_from_it(tiny_models):
+    """On a run directory that is not on local disk (here fsspec's memory://, as for s3://),
+    the in-process executor keeps the checkpoints beside the run, not in a local tempdir, and a
+    later run resumes from them."""
+    from selma_ray import layout
+    from selma_ray.training.data import write_synthetic_skill
+    from selma_ray.training.resume import checkpoint_steps
+    from selma_ray.training.stage import expert_jobs
+
+    rd = RunDir("memory://selma-inprocess-ckpt/run")
+    write_synthetic_skill(rd, "coco", prompts=4, size=32, seed=0)
+
+    def cfg(steps: int):
+        return load_config(
+            overrides=[
+                "prompts.skills=[coco]",
+                f"train.max_steps={steps}",
+                "train.checkpoint_every=2",
+                "train.batch_size=2",
+                "train.resolution=32",
+                "train.num_to_keep=1",
+            ]
+        )
+
+    InProcessExecutor().train_experts(expert_jobs(cfg(2), rd, ["coco"]))
+    uri = rd.url(*layout.train_dir(), layout.train_run_name("coco"))
+    assert uri.startswith("memory://")
+    assert [step for step, _ in checkpoint_steps(uri)] == [2]
+    InProcessExecutor().train_experts(expert_jobs(cfg(4), rd, ["coco"]))
+    assert [step for step, _ in checkpoint_steps(uri)] == [4]  # num_to_keep: 1
+    meta = rd.read_json(*layout.expert_meta("coco"))
+    assert meta["steps"] == 4 and meta["resumed_from"] == 2

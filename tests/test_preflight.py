@@ -15,6 +15,7 @@ from selma_ray.preflight import (
     ClusterOffer,
     check_config,
     check_resources,
+    check_shared_storage,
     classify_model_ref,
     required_multiple,
 )
@@ -352,6 +353,65 @@ def test_vllm_and_cache_pools_count_only_when_used():
     used = _cfg("prompts.engine=vllm", "prompts.vllm.pool.gpus=1", "train.cache_pool.gpus=1")
     found = check_resources(used, ALL, LOCAL_CPU)
     assert _fields(found.errors) == ["prompts.vllm.pool.gpus", "train.cache_pool.gpus"]
+
+
+TWO_HOSTS = ClusterOffer(
+    nodes=({"CPU": 0.0}, {"CPU": 4.0}, {"CPU": 4.0}),
+    can_grow=True,
+    where="remote",
+    hosts=("10.0.0.1", "10.0.0.2", "10.0.0.2"),
+)
+
+
+def test_local_run_dir_on_nodes_of_several_hosts_is_refused_naming_what_to_use():
+    found = check_shared_storage(_cfg(), "/data/selma/run", ALL, TWO_HOSTS)
+    assert [p.line() for p in found.errors] == [
+        "--run-dir: '/data/selma/run' is a local path but this cluster's nodes are on 2 hosts "
+        "(10.0.0.1, 10.0.0.2), whose workers would each write to their own disk; use object "
+        "storage (s3://bucket/prefix, gs://bucket/prefix) or, when the path is a filesystem "
+        "mounted on every node, set storage.shared_filesystem: true"
+    ]
+    # a local train.storage_path too, when the experts stage runs
+    cfg = _cfg("train.storage_path=/ckpt")
+    assert _fields(check_shared_storage(cfg, "s3://b/run", ALL, TWO_HOSTS).errors) == [
+        "train.storage_path"
+    ]
+    assert not check_shared_storage(cfg, "s3://b/run", ["merge"], TWO_HOSTS).errors
+
+
+def test_local_run_dir_is_fine_on_one_host_on_object_storage_or_a_shared_mount():
+    # several raylets on one host (a local test cluster) share its disk
+    one_host = ClusterOffer(nodes=({}, {}), can_grow=False, where="l", hosts=("10.0.0.1",) * 2)
+    assert not check_shared_storage(_cfg(), "/data/run", ALL, one_host).errors
+    assert not check_shared_storage(_cfg(), "s3://bucket/run", ALL, TWO_HOSTS).errors
+    assert not check_shared_storage(_cfg(), "gs://bucket/run", ALL, TWO_HOSTS).errors
+    shared = _cfg("storage.shared_filesystem=true")
+    assert not check_shared_storage(shared, "/nfs/run", ALL, TWO_HOSTS).errors
+
+
+def test_cli_refuses_a_local_run_dir_on_several_hosts_before_writing_it(
+    ray_cluster, tiny_models, tmp_path, capsys, monkeypatch
+):
+    import selma_ray.distributed.resources as resources
+    from selma_ray.cli import main
+
+    real = resources.cluster_offer()
+    assert real.hosts and len(set(real.hosts)) == 1  # the session's one local node
+
+    def two_hosts():  # the session's node, seen from a cluster with a second host
+        offer = resources.ClusterOffer(
+            nodes=(*real.nodes, *real.nodes), can_grow=False, where=real.where,
+            hosts=(real.hosts[0], "203.0.113.7"),
+        )  # fmt: skip
+        return offer
+
+    monkeypatch.setattr(resources, "cluster_offer", two_hosts)
+    run = tmp_path / "run"
+    assert main(["run", "--run-dir", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir: '{run}' is a local path but this cluster's nodes are on 2 hosts" in err
+    assert "storage.shared_filesystem: true" in err
+    assert not run.exists()  # refused before the run directory was written
 
 
 def test_cluster_offer_matches_the_session_ray(ray_cluster):

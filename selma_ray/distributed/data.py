@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from selma_ray.config import ActorPool
+from selma_ray.distributed.devices import device_checked
 from selma_ray.execution import py_value, task_plan
 
 
@@ -49,6 +50,7 @@ def map_rows_with_actors(
     pool: ActorPool,
     rows_per_task: int,
     whole_tasks: bool = False,
+    cpu_fallback: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``fn_cls`` over ``rows`` on an actor pool of ``pool.min_size..max_size``.
 
@@ -57,7 +59,9 @@ def map_rows_with_actors(
     often a batch whose actor died is resubmitted); exceptions raised by ``fn_cls`` itself are
     not retried. With ``whole_tasks`` the input is built from blocks of exactly one task's rows
     (no repartition), each actor holds one task at a time (``max_tasks_in_flight_per_actor=1``)
-    and the pool starts with one actor per task up to ``max_size``.
+    and the pool starts with one actor per task up to ``max_size``. Actors of a pool with
+    ``gpus`` first check that torch sees them (:func:`~selma_ray.distributed.devices.
+    device_checked`; ``cpu_fallback`` lets them run on the CPU instead of failing).
     """
     import pyarrow as pa
     import ray.data
@@ -84,7 +88,7 @@ def map_rows_with_actors(
         # Ray 2.60 deprecates extra remote args (max_restarts...) without a named replacement
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
         ds = ds.map_batches(
-            fn_cls,
+            device_checked(fn_cls, pool, cpu_fallback=cpu_fallback),
             fn_constructor_kwargs=fn_kwargs,
             compute=ray.data.ActorPoolStrategy(**pool_kwargs),
             batch_size=rows_per_task,

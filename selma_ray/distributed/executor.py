@@ -15,10 +15,12 @@ from selma_ray.execution import ExpertJob
 class RayExecutor:
     """Maps rows with :func:`~selma_ray.distributed.data.map_rows_with_actors` and trains
     experts with :func:`~selma_ray.distributed.train.train_experts`; ``progress`` turns Ray
-    Data's progress bars on."""
+    Data's progress bars on; ``cpu_fallback`` lets actors and workers that Ray gave GPUs torch
+    cannot see run on the CPU (:mod:`selma_ray.distributed.devices`; otherwise they fail)."""
 
-    def __init__(self, *, progress: bool = False) -> None:
+    def __init__(self, *, progress: bool = False, cpu_fallback: bool = False) -> None:
         self.progress = progress
+        self.cpu_fallback = cpu_fallback
 
     def map_rows(
         self,
@@ -48,6 +50,7 @@ class RayExecutor:
                 pool=pool,
                 rows_per_task=rows_per_task,
                 whole_tasks=whole_tasks,
+                cpu_fallback=self.cpu_fallback,
             )
         finally:
             ctx.enable_progress_bars = saved
@@ -57,7 +60,7 @@ class RayExecutor:
 
         for job in jobs:
             _refuse_process_local({"run directory": job.run_dir_uri, "train": job.storage_path})
-        train_experts(jobs)
+        train_experts(jobs, cpu_fallback=self.cpu_fallback)
 
 
 def _refuse_process_local(kwargs: dict[str, Any]) -> None:

@@ -31,16 +31,19 @@ def cluster_offer() -> ClusterOffer | None:
 
     if not ray.is_initialized():
         return None
+    alive = [n for n in ray.nodes() if n.get("Alive")]
     nodes = tuple(
-        {r: float(n.get("Resources", {}).get(r, 0.0)) for r in ("CPU", "GPU")}
-        for n in ray.nodes()
-        if n.get("Alive")
+        {r: float(n.get("Resources", {}).get(r, 0.0)) for r in ("CPU", "GPU")} for n in alive
     )
+    hosts = tuple(str(n.get("NodeManagerAddress", "")) for n in alive)
     if _started_here():
-        return ClusterOffer(nodes=nodes, can_grow=False, where="local Ray, cannot grow")
+        return ClusterOffer(
+            nodes=nodes, can_grow=False, where="local Ray, cannot grow", hosts=hosts
+        )
     address = ray.get_runtime_context().gcs_address
     return ClusterOffer(
         nodes=nodes,
         can_grow=True,
         where=f"Ray cluster at {address}, whose autoscaler may add nodes",
+        hosts=hosts,
     )

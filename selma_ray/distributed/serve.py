@@ -57,6 +57,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from selma_ray.config import ConfigError, ServeConfig
+from selma_ray.distributed.devices import check_gpus_visible
 from selma_ray.serving.api import GenerationJob
 from selma_ray.serving.app import AppSettings, BackendOverloaded, BackendUnavailable, create_app
 from selma_ray.serving.args import ServeArgs, ServePlan, resolve
@@ -94,7 +95,12 @@ class ImageModel:
         device: str | None = None,
         torch_threads: int | None = None,
         dtype: str | None = None,
+        gpus: float = 0.0,
+        cpu_fallback: bool = False,
     ) -> None:
+        check_gpus_visible(
+            "SelmaImageModel replica", "serve.pool.gpus", gpus, cpu_fallback=cpu_fallback
+        )
         engine = VariantPipeline(spec, device=device, torch_threads=torch_threads, dtype=dtype)
         self.worker = PipelineWorker(engine)
         log.info(
@@ -211,7 +217,10 @@ def build_app(args: dict[str, Any]) -> Application:
 def _build(p: ServePlan) -> Application:
     model_opts, ingress_opts = deployment_options(p.serve)
     a = p.args
-    model = ImageModel.options(**model_opts).bind(p.spec, a.device, a.torch_threads, a.dtype)
+    fallback = p.run.ray.cpu_fallback or p.run.rehearse
+    model = ImageModel.options(**model_opts).bind(
+        p.spec, a.device, a.torch_threads, a.dtype, p.serve.pool.gpus, fallback
+    )
     return ImagesAPI.options(**ingress_opts).bind(model, p.app)
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from selma_ray.config import TrainConfig
+from selma_ray.distributed.devices import check_gpus_visible
 from selma_ray.execution import ExpertJob, raise_expert_failures
 from selma_ray.layout import train_run_name
 from selma_ray.storage import arrow_filesystem
@@ -55,6 +56,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from selma_ray.training.resume import latest_checkpoint
 
     ctx = ray.train.get_context()
+    if config["train"]["use_gpu"]:
+        check_gpus_visible(
+            f"expert {config['skill']!r} training worker", "train.use_gpu", 1,
+            cpu_fallback=config["cpu_fallback"],
+        )  # fmt: skip
     resume = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -84,7 +90,7 @@ def checkpoints_uri(job: ExpertJob) -> str:
     return f"{job.storage_path.rstrip('/')}/{train_run_name(job.skill)}"
 
 
-def make_trainer(job: ExpertJob) -> Any:
+def make_trainer(job: ExpertJob, *, cpu_fallback: bool = False) -> Any:
     """The ``TorchTrainer`` for one skill's expert."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -106,6 +112,7 @@ def make_trainer(job: ExpertJob) -> Any:
             "model_cache_dir": job.model_cache_dir,
             "seed": job.seed,
             "checkpoints_uri": checkpoints_uri(job),
+            "cpu_fallback": cpu_fallback,
         },
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
@@ -120,8 +127,11 @@ def make_trainer(job: ExpertJob) -> Any:
     )
 
 
-def train_experts(jobs: list[ExpertJob]) -> dict[str, Any]:
+def train_experts(jobs: list[ExpertJob], *, cpu_fallback: bool = False) -> dict[str, Any]:
     """Fit one trainer per job concurrently; returns each skill's Ray Train result.
+
+    ``cpu_fallback``: workers that Ray gave a GPU torch cannot see train on the CPU (warned)
+    instead of failing (:func:`~selma_ray.distributed.devices.check_gpus_visible`).
 
     A failed expert does not stop the others: every run is waited for, then the failures are
     raised together naming the skills (finished experts stay finished for the rerun).
@@ -131,7 +141,7 @@ def train_experts(jobs: list[ExpertJob]) -> dict[str, Any]:
 
     def fit(job: ExpertJob) -> Any:
         log.info("expert %s: training", job.skill)
-        return make_trainer(job).fit()
+        return make_trainer(job, cpu_fallback=cpu_fallback).fit()
 
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}

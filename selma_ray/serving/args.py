@@ -73,6 +73,14 @@ class ServeArgs(BaseModel):
         None, description="None = images.dtype of the run."
     )
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads per replica.")
+    revision: str | int | None = Field(
+        None,
+        description=(
+            "Free-form; change it to make `serve deploy` rebuild the app and read the run "
+            "again (e.g. after it gained an expert): Serve skips a deploy whose config is "
+            "unchanged."
+        ),
+    )
 
     @classmethod
     def parse(cls, args: Mapping[str, Any] | ServeArgs | None) -> ServeArgs:

@@ -36,7 +36,7 @@ import json
 import logging
 import math
 import os
-import shutil
+import posixpath
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -192,13 +192,18 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class LocalReporter:
     """A :class:`Reporter` without Ray: records metrics, copies checkpoints into a directory.
 
-    Checkpoints go to ``<directory>/checkpoint_<step:06d>``; with ``num_to_keep`` only the
-    newest that many are kept.
+    ``directory`` is any fsspec URI (a local path, ``s3://...``): checkpoints go to
+    ``<directory>/checkpoint_<step:06d>``, their state file last, so a folder whose state file
+    reads is whole (:func:`~selma_ray.training.resume.checkpoint_steps`). With ``num_to_keep``
+    only the newest that many are kept.
     """
 
     def __init__(self, directory: str | None = None, num_to_keep: int | None = None) -> None:
+        from selma_ray.storage import open_filesystem
+
         self.directory = directory or tempfile.mkdtemp(prefix="selma-expert-ckpt-")
-        os.makedirs(self.directory, exist_ok=True)
+        self.fs, self.root = open_filesystem(self.directory)
+        self.fs.makedirs(self.root, exist_ok=True)
         self.num_to_keep = num_to_keep
         self.history: list[dict[str, Any]] = []
         self.checkpoints: list[tuple[int, str]] = []
@@ -208,15 +213,24 @@ class LocalReporter:
         if checkpoint_dir is None:
             return
         step = int(metrics["step"])
-        dest = os.path.join(self.directory, f"checkpoint_{step:06d}")
-        if os.path.exists(dest):
-            shutil.rmtree(dest)
-        shutil.copytree(checkpoint_dir, dest)
+        dest = posixpath.join(self.root, f"checkpoint_{step:06d}")
+        if self.fs.exists(dest):
+            self.fs.rm(dest, recursive=True)
+        files = sorted(
+            os.path.relpath(os.path.join(folder, name), checkpoint_dir)
+            for folder, _, names in os.walk(checkpoint_dir)
+            for name in names
+        )
+        files.sort(key=lambda rel: rel == CHECKPOINT_STATE_FILE)  # the state file last
+        for rel in files:
+            target = posixpath.join(dest, *rel.split(os.sep))
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            self.fs.put_file(os.path.join(checkpoint_dir, rel), target)
         self.checkpoints = [(s, p) for s, p in self.checkpoints if s != step] + [(step, dest)]
         if self.num_to_keep is not None:
             while len(self.checkpoints) > self.num_to_keep:
                 _, old = self.checkpoints.pop(0)
-                shutil.rmtree(old, ignore_errors=True)
+                self.fs.rm(old, recursive=True)
 
     def checkpoint_path(self, step: int) -> str:
         for s, p in self.checkpoints:
@@ -226,10 +240,12 @@ class LocalReporter:
         raise KeyError(msg)
 
     def checkpoint(self, step: int) -> ExpertCheckpoint:
-        return ExpertCheckpoint.from_dir(self.checkpoint_path(step))
+        from selma_ray.training.resume import load_checkpoint
+
+        return load_checkpoint(self.fs, self.checkpoint_path(step))
 
     def latest(self) -> ExpertCheckpoint | None:
-        return ExpertCheckpoint.from_dir(self.checkpoints[-1][1]) if self.checkpoints else None
+        return self.checkpoint(self.checkpoints[-1][0]) if self.checkpoints else None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -13,8 +13,12 @@ import json
 import logging
 import posixpath
 import tempfile
+from typing import TYPE_CHECKING
 
 from selma_ray.training.loop import CHECKPOINT_STATE_FILE, ExpertCheckpoint
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +45,26 @@ def checkpoint_steps(uri: str) -> list[tuple[int, str]]:
     return sorted(found, reverse=True)
 
 
-def latest_checkpoint(uri: str) -> ExpertCheckpoint | None:
-    """The newest checkpoint under ``uri`` that loads completely, or None."""
+def load_checkpoint(fs: AbstractFileSystem, path: str) -> ExpertCheckpoint:
+    """The checkpoint folder at ``path`` on ``fs`` (copied to a temporary folder first when
+    it is not on local disk)."""
     from fsspec.implementations.local import LocalFileSystem
 
+    if isinstance(fs, LocalFileSystem):
+        return ExpertCheckpoint.from_dir(path)
+    with tempfile.TemporaryDirectory(prefix="selma-resume-") as local:
+        fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
+        return ExpertCheckpoint.from_dir(local)
+
+
+def latest_checkpoint(uri: str) -> ExpertCheckpoint | None:
+    """The newest checkpoint under ``uri`` that loads completely, or None."""
     from selma_ray.storage import open_filesystem
 
     fs, _ = open_filesystem(uri)
     for step, path in checkpoint_steps(uri):
         try:
-            if isinstance(fs, LocalFileSystem):
-                return ExpertCheckpoint.from_dir(path)
-            with tempfile.TemporaryDirectory(prefix="selma-resume-") as local:
-                fs.get(path.rstrip("/") + "/", local + "/", recursive=True)
-                return ExpertCheckpoint.from_dir(local)
+            return load_checkpoint(fs, path)
         except Exception as e:  # noqa: BLE001 - a half-written checkpoint: try the one before
             log.warning("checkpoint at step %d (%s) is not usable: %s", step, path, e)
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +36,26 @@ def test_invalid_cluster_yaml_is_rejected_naming_the_bad_field():
     assert e.value.message == "'zero' is not of type 'integer'"
     assert list(e.value.absolute_path) == ["available_node_types", "gpu_worker", "min_workers"]
     assert "On instance['available_node_types']['gpu_worker']['min_workers']" in str(e.value)
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sd2", "sdxl"])
+def test_every_stage_of_the_gpu_presets_fits_a_node_type_of_cluster_yaml(preset):
+    """What each pool's actor and each training worker asks for (the preflight's view) fits on
+    the node types the autoscaler can add, at their max_workers."""
+    from selma_ray.config import load_config
+    from selma_ray.preflight import ClusterOffer, check_resources
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    nodes = tuple(
+        {r: float(t["resources"].get(r, 0)) for r in ("CPU", "GPU")}
+        for name, t in config["available_node_types"].items()
+        if name != config["head_node_type"]
+        for _ in range(t["max_workers"])
+    )
+    offer = ClusterOffer(nodes=nodes, can_grow=False, where="cluster.yaml at full size")
+    stages = ["prompts", "images", "experts", "merge", "eval"]
+    found = check_resources(load_config(preset=preset), stages, offer)
+    assert not found.errors and not found.warnings, [p.line() for p in found.errors]
+    # a GPU pool that no node type could hold is refused, so the check above can fail
+    big = load_config(preset=preset, overrides=["images.pool.gpus=16"])
+    assert [p.field for p in check_resources(big, stages, offer).errors] == ["images.pool.gpus"]

@@ -200,6 +200,48 @@ def test_rejected_credentials_fail_before_any_work(s3_env, fresh_s3fs, monkeypat
     assert _keys(bucket) == []  # not even config.yaml
 
 
+def test_read_only_credentials_fail_before_any_work(s3_env, fresh_s3fs, monkeypatch, capsys):
+    """An IAM user that may list and read the bucket but not write: refused up front (the
+    write probe), not with a raw PermissionError at the first write."""
+    import json
+
+    import boto3
+    from moto.core.authorization import enable_iam_authentication
+
+    from selma_ray.cli import main
+
+    bucket = _bucket("selma-read-only")
+    _s3().put_object(Bucket=bucket, Key="run/notes.txt", Body=b"already here")
+    iam = boto3.client("iam")
+    iam.create_user(UserName="reader")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket", "s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+    iam.put_user_policy(UserName="reader", PolicyName="read", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="reader")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    uri = f"s3://{bucket}/run"
+    with enable_iam_authentication():
+        rc = main(["run", "--run-dir", uri, "--no-progress", *[f"--set={o}" for o in SMALL]])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"selma-ray: --run-dir {uri}: access denied to bucket 'selma-read-only' at endpoint "
+        f"{s3_env['AWS_ENDPOINT_URL']} (PermissionError: "
+    )
+    assert "they may list, read and write the bucket" in err
+    monkeypatch.undo()
+    assert _keys(bucket) == ["run/notes.txt"]  # nothing written, the probe not left behind
+
+
 def test_missing_credentials_fail_before_any_work(s3_env, fresh_s3fs, tmp_path, monkeypatch):
     from selma_ray.pipeline import run_pipeline
 
@@ -307,8 +349,12 @@ def test_tiny_run_on_s3_then_rerun_does_no_work_and_serving_reads_it(
     again = run_pipeline(cfg, uri)
     assert again.ran == [] and again.skipped == STAGES
     after = _versions(bucket, "run/")
-    # nothing rewritten but the run's config, which every run records
-    assert {k for k in after if after[k] != first.get(k)} == {f"run/{layout.CONFIG_FILE}"}
+    # nothing rewritten but the run's config, which every run records (and the storage
+    # check's probe, written and deleted once per run)
+    probes = {k for k in after if posixpath.basename(k).startswith(layout.WRITE_PROBE_PREFIX)}
+    assert len(probes) == 2 and not probes & set(_keys(bucket, "run/"))
+    changed = {k for k in after if after[k] != first.get(k)} - probes
+    assert changed == {f"run/{layout.CONFIG_FILE}"}
 
     # nothing of the run on local disk: no ./selma-runs, no ./s3:/..., no copies in TMPDIR
     assert list(local_dirs.cwd.iterdir()) == []
