@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from selma_ray import layout
 from selma_ray.config import PRESETS, ConfigError, SelmaConfig, load_config
 from selma_ray.merging.methods import METHODS
+from selma_ray.runlog import configure_console
 from selma_ray.storage import RunDir
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -53,6 +55,25 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="discard a stage's outputs (and later stages') and run it again ('all': every stage)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_log_args(p, argparse.SUPPRESS)
+
+
+def _add_log_args(p: argparse.ArgumentParser, default: object) -> None:
+    """-v / --log-level, before or after the command (``default``: SUPPRESS on commands so
+    they do not reset what was given before the command)."""
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="show every library's log lines and the Ray workers' output on the console",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=default if default is argparse.SUPPRESS else None,
+        help="console log level for every library (default: selma-ray's lines and errors only)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="selma-ray",
         description="SELMA on Ray: skill prompts -> images -> LoRA experts -> merge -> eval.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_log_args(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline's stages in order (resumes a run dir)")
@@ -128,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "serve.auth_token_env=SELMA_TOKEN, torch_threads=4",
     )
 
+    status = sub.add_parser(
+        "status", help="where a run stands: each stage's state, progress, ETA; works mid-run"
+    )
+    status.add_argument(
+        "--run-dir", help="run directory (path or fsspec URI); default: selma-runs/latest"
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
     report = sub.add_parser("report", help="rebuild eval/report.html from a run's eval results")
     report.add_argument("--run-dir", required=True, help="run directory (path or fsspec URI)")
 
@@ -151,6 +180,8 @@ def resolve_config(args: argparse.Namespace) -> SelmaConfig:
         overrides.append("rehearse=true")
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
+    if getattr(args, "verbose", False):
+        overrides.append("ray.log_to_driver=true")
     return load_config(args.config, preset=args.preset, overrides=overrides)
 
 
@@ -158,13 +189,28 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
     from selma_ray.pipeline import run_pipeline
 
     cfg = resolve_config(args)
-    summary = run_pipeline(
-        cfg,
-        args.run_dir,
-        stages=stages,
-        redo=args.redo,
-        progress=not args.no_progress,
-    )
+    try:
+        summary = run_pipeline(
+            cfg,
+            args.run_dir,
+            stages=stages,
+            redo=args.redo,
+            progress=not args.no_progress,
+        )
+    except Exception as e:
+        stage = getattr(e, "selma_stage", None)
+        if stage is None or isinstance(e, ConfigError):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        first = first if len(first) <= 300 else first[:297] + "..."
+        where = getattr(e, "selma_log", None)
+        print(
+            f"selma-ray: stage {stage} failed: {type(e).__name__}: {first}\n"
+            f"  full traceback: {where or 'the log above'}\n"
+            "  finished work is kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     print(f"\nrun directory: {summary.run_dir}")
     for name in summary.skipped:
         print(f"  {name}: already done with this config (skipped)")
@@ -186,6 +232,20 @@ def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from selma_ray.status import format_status, run_status, status_json
+
+    uri = args.run_dir or "selma-runs/latest"
+    if args.run_dir is None and not os.path.exists(uri):
+        msg = "no selma-runs/latest here: give --run-dir (a path or fsspec URI)"
+        raise ConfigError(msg)
+    if args.run_dir is None:
+        uri = os.path.realpath(uri)  # the run it points at now, as the run was named
+    st = run_status(uri)
+    print(status_json(st) if args.json else format_status(st))
+    return 0
+
+
 def _cmd_dedup(args: argparse.Namespace) -> int:
     from selma_ray.prompts.dedup import dedup_file
 
@@ -197,10 +257,7 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_console(verbose=args.verbose, level=args.log_level)
     try:
         if args.command == "run":
             stages = (
@@ -246,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 blocking=True, **extra,
             )  # fmt: skip
             return 0
+        if args.command == "status":
+            return _cmd_status(args)
         if args.command == "report":
             from selma_ray.evaluation.report import build_report
 

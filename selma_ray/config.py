@@ -473,6 +473,14 @@ class RayConfig(Section):
         ),
         json_schema_extra=RUNTIME,
     )
+    log_to_driver: bool = Field(
+        False,
+        description=(
+            "Print the Ray workers' output (actors, training workers) on the driver's console; "
+            "-v/--verbose turns it on. Off, it stays in Ray's session logs on each node."
+        ),
+        json_schema_extra=RUNTIME,
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all).")
     object_store_memory_mb: int | None = Field(None, ge=64, description="Local Ray object store.")
 

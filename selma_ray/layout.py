@@ -25,6 +25,7 @@ Parts = tuple[str, ...]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "manifest.json"
+DRIVER_FILE = "driver.json"
 STATS_FILE = "stats.json"
 #: The Hugging Face imagefolder metadata file of each skill's images.
 METADATA_FILE = "metadata.jsonl"
@@ -78,6 +79,17 @@ def manifest() -> Parts:
 
 def logs(*name: str) -> Parts:
     return (LOGS, *name)
+
+
+def driver_heartbeat() -> Parts:
+    """The run's driver: host, pid and its last heartbeat (``selma-ray status``)."""
+    return (DRIVER_FILE,)
+
+
+def driver_log(stamp: str) -> Parts:
+    """The full log of one driver session (every library's lines, tracebacks), named by when
+    it started: a rerun of the run directory adds its own."""
+    return (LOGS, f"driver-{stamp}.log")
 
 
 # ----------------------------------------------------------------------- stage 1

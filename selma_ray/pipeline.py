@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -27,6 +28,8 @@ from selma_ray.config import ConfigError, SelmaConfig, fingerprint_hash
 from selma_ray.execution import Executor, InProcessExecutor
 from selma_ray.preflight import preflight, preflight_resources
 from selma_ray.rehearsal import describe as describe_rehearsal
+from selma_ray.runlog import FILE_ONLY, driver_log
+from selma_ray.status import Heartbeat
 from selma_ray.storage import Manifest, RunDir, check_storage
 
 log = logging.getLogger(__name__)
@@ -179,6 +182,8 @@ class RunSummary:
     incomplete: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    log: str | None = None  # the driver log of this session, in the run directory
+    failed: str | None = None  # the stage that raised
 
 
 def run_pipeline(
@@ -222,6 +227,11 @@ def run_pipeline(
             manifest.data["rehearsal"] = cfg.rehearsal
             manifest.save()
         rd.write_text(cfg.to_yaml(), *layout.config())
+        summary.log = stack.enter_context(driver_log(rd))
+        log.info("run directory: %s (full log: %s)", rd.uri, summary.log)
+        heartbeat = Heartbeat(rd).start()
+        stack.callback(lambda: heartbeat.stop("failed" if summary.failed else "finished"))
+        _log_worker_logs()
         for stage, fingerprint, action in plan:
             if action == "skip":
                 log.info("stage %s: done with the same config, skipped", stage.name)
@@ -236,16 +246,43 @@ def run_pipeline(
             try:
                 result = stage.run(ctx)
             except BaseException as e:
+                summary.failed = stage.name
                 manifest.fail(stage.name, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
+                log.error(  # the full traceback: the driver log only, not the console
+                    "stage %s failed", stage.name, exc_info=True, extra=FILE_ONLY
+                )
+                # for the CLI's one-line message: which stage, where the traceback is
+                e.selma_stage, e.selma_log = stage.name, summary.log  # type: ignore[union-attr]
                 raise
             seconds = time.perf_counter() - t0
             manifest.finish(stage.name, result.counts, seconds, complete=result.complete)
+            log.info(
+                "stage %s: %s in %.1f s%s", stage.name,
+                "done" if result.complete else "incomplete", seconds, _counts_text(result.counts),
+            )  # fmt: skip
             summary.ran.append(stage.name)
             summary.seconds[stage.name] = round(seconds, 3)
             if not result.complete:
                 summary.incomplete.append(stage.name)
     summary.notes = [*describe_rehearsal(cfg.rehearsal), *ctx.notes]
     return summary
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    """``(coco 24, whoops 24)`` from a stage's plain counts; nested ones are left out."""
+    plain = [f"{k} {v}" for k, v in counts.items() if isinstance(v, (int, float, str))]
+    return f" ({', '.join(plain)})" if plain else ""
+
+
+def _log_worker_logs() -> None:
+    """Where Ray keeps its workers' logs (on each node), for the driver log."""
+    if "ray" not in sys.modules:  # no Ray in this run
+        return
+    from selma_ray.distributed.runtime import worker_logs_dir
+
+    where = worker_logs_dir()
+    if where:
+        log.debug("Ray workers' logs: %s on each node", where)
 
 
 def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Executor:
@@ -255,7 +292,11 @@ def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Ex
     from selma_ray.distributed import RayExecutor, ray_session
 
     stack.enter_context(ray_session(cfg.ray))
-    return RayExecutor(progress=progress, cpu_fallback=cfg.ray.cpu_fallback or cfg.rehearse)
+    return RayExecutor(
+        progress=progress,
+        cpu_fallback=cfg.ray.cpu_fallback or cfg.rehearse,
+        quiet=not cfg.ray.log_to_driver,
+    )
 
 
 def _check_cluster(

@@ -18,9 +18,12 @@ class RayExecutor:
     Data's progress bars on; ``cpu_fallback`` lets actors and workers that Ray gave GPUs torch
     cannot see run on the CPU (:mod:`selma_ray.distributed.devices`; otherwise they fail)."""
 
-    def __init__(self, *, progress: bool = False, cpu_fallback: bool = False) -> None:
+    def __init__(
+        self, *, progress: bool = False, cpu_fallback: bool = False, quiet: bool = False
+    ) -> None:
         self.progress = progress
         self.cpu_fallback = cpu_fallback
+        self.quiet = quiet
 
     def map_rows(
         self,
@@ -39,6 +42,8 @@ class RayExecutor:
         if not rows:
             return []
         _refuse_process_local(fn_kwargs)
+        if self.quiet:
+            route_ray_logs()
         ctx = ray.data.DataContext.get_current()
         saved = ctx.enable_progress_bars
         ctx.enable_progress_bars = self.progress
@@ -60,7 +65,27 @@ class RayExecutor:
 
         for job in jobs:
             _refuse_process_local({"run directory": job.run_dir_uri, "train": job.storage_path})
+        if self.quiet:
+            route_ray_logs()
         train_experts(jobs, cpu_fallback=self.cpu_fallback)
+
+
+def route_ray_logs() -> None:
+    """Ray and Ray Data print on the console through handlers of their own (execution plans,
+    timings, Ray Train's reports); send their records to the root logger instead, where the
+    quiet console keeps only errors and the run's driver log keeps everything (Ray Data's own
+    log file in the Ray session stays)."""
+    import logging
+
+    import ray.data  # noqa: F401 - configures Ray Data's logger on import
+
+    for name in ("ray", "ray.data"):  # Ray's own console handler too (Ray Train's records)
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
+    logging.getLogger("ray.data").setLevel(logging.INFO)
 
 
 def _refuse_process_local(kwargs: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         yield
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": True, "configure_logging": False}
+    kwargs: dict = {"log_to_driver": cfg.log_to_driver, "configure_logging": False}
     if address:
         ray.init(address=address, **kwargs)
         log.info("connected to Ray cluster at %s", address)
@@ -35,8 +35,22 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
         ray.init(include_dashboard=False, **kwargs)
-        log.info("started a local Ray: %s", ray.cluster_resources())
+        res = ray.cluster_resources()
+        log.info("started a local Ray: %g CPUs, %g GPUs", res.get("CPU", 0), res.get("GPU", 0))
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def worker_logs_dir() -> str | None:
+    """The session's log directory of this Ray (the same path on every node), or None."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        node = ray._private.worker.global_worker.node
+        return f"{node.get_session_dir_path()}/logs"
+    except Exception:  # noqa: BLE001 - a Ray Client connection or a changed private API
+        return None

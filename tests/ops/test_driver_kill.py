@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from selma_ray.status import run_status
+
 pytestmark = pytest.mark.slow
 
 ARGS = [
@@ -54,11 +56,31 @@ def test_killed_driver_resumes_skipping_finished_work(tiny_models, tmp_path):
         if drawn >= 4:
             break
         time.sleep(0.1)
+    live = run_status(str(run_dir))  # what `selma-ray status` reads, mid-run
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     log.close()
     _stop_ray(env)  # what the dead driver's local Ray leaves behind
     assert drawn >= 4, (tmp_path / "first.log").read_text()[-3000:]
+    assert live.alive and live.driver["pid"] == proc.pid and live.running_stage == "images"
+    images_live = next(s for s in live.stages if s.name == "images")
+    assert images_live.total == 24 and 4 <= images_live.done <= 24 and images_live.unit == "images"
+    assert images_live.seconds > 0
+    # another terminal, after the kill: the run is not running, the stage was interrupted
+    status = subprocess.run(
+        [sys.executable, "-m", "selma_ray.cli", "status", "--run-dir", str(run_dir)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr[-3000:]
+    lines = status.stdout.splitlines()
+    assert lines[1].startswith(f"not running: the driver (pid {proc.pid} on ")
+    assert lines[1].endswith("so it was killed or lost")
+    assert lines[2] == f"resume: selma-ray run --run-dir {run_dir} (same config)"
+    table = {line.split()[0]: line.split()[1] for line in lines[4:]}
+    assert table == {
+        "prompts": "done", "images": "interrupted", "experts": "pending", "merge": "pending",
+        "eval": "pending",
+    }  # fmt: skip
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert manifest["prompts"]["status"] == "done"
     assert manifest["images"]["status"] == "running"
@@ -71,6 +93,17 @@ def test_killed_driver_resumes_skipping_finished_work(tiny_models, tmp_path):
         _stop_ray(env)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "prompts: already done with this config (skipped)" in rerun.stdout
+    # a quiet console: selma-ray's lines, not Ray's or the libraries' (those are in the log)
+    console = (rerun.stderr + rerun.stdout).splitlines()
+    assert len(console) <= 40, "\n".join(console)
+    for internal in ("streaming_executor", "TrainingReport", "PlacementGroupCleaner",
+                     "Loading weights", "requires torchvision", "Execution plan"):  # fmt: skip
+        assert not [line for line in console if internal in line], internal
+    assert "stage experts: done in " in rerun.stderr
+    (log_file,) = [
+        line.split("full log: ")[1].rstrip(")") for line in console if "full log" in line
+    ]
+    assert "Execution plan" in Path(log_file).read_text()  # Ray Data's lines, kept
     manifest = json.loads((run_dir / "manifest.json").read_text())["stages"]
     assert {s: e["status"] for s, e in manifest.items()} == {
         s: "done" for s in ("prompts", "images", "experts", "merge", "eval")

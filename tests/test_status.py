@@ -1,0 +1,183 @@
+"""`selma-ray status` (selma_ray/status.py), the quiet console and the run's driver log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from selma_ray import layout
+from selma_ray.config import load_config
+from selma_ray.status import STALE_AFTER_S, format_status, run_status
+from selma_ray.storage import Manifest, RunDir
+
+SMALL = [
+    "prompts.num_prompts=4",
+    "prompts.skills=[coco, whoops]",
+    "images.resolution=32",
+    "images.steps=2",
+    "train.max_steps=10",
+]
+
+
+def _run_dir(tmp_path: Path) -> RunDir:
+    rd = RunDir(str(tmp_path / "run"))
+    rd.makedirs()
+    rd.write_text(load_config(overrides=SMALL).to_yaml(), *layout.config())
+    return rd
+
+
+def _driver(rd: RunDir, *, host: str, beat_at: float, state: str = "running") -> None:
+    data = {"host": host, "pid": 4242, "started_at": beat_at - 100, "beat_at": beat_at}
+    rd.write_json({**data, "state": state}, *layout.driver_heartbeat())
+
+
+def test_running_images_stage_shows_progress_and_eta_from_outputs(tmp_path):
+    rd = _run_dir(tmp_path)
+    now = time.time()
+    m = Manifest(rd)
+    m.start("prompts", {}, "h")
+    m.finish("prompts", {"coco": 4, "whoops": 4}, 1.5)
+    m.start("images", {}, "h")
+    m.stages["images"]["started_at"] = now - 30
+    m.save()
+    for skill in ("coco", "whoops"):
+        rd.write_jsonl([{"id": f"{skill}-{i}"} for i in range(4)], *layout.prompts_file(skill))
+    for name in ("coco-0_0.png", "coco-1_0.png"):  # 2 of 8 drawn so far, on any node
+        rd.write_bytes(b"png", *layout.images_dir("coco", name))
+    _driver(rd, host="gpu-node-7", beat_at=now - 5)  # another host: judged by its heartbeat
+
+    st = run_status(rd.uri, now=now)
+    assert st.alive and st.running_stage == "images"
+    images = st.stages[1]
+    assert (images.state, images.done, images.total, images.unit) == ("running", 2, 8, "images")
+    assert images.seconds == pytest.approx(30, abs=0.01)
+    assert images.eta_s == pytest.approx(90, abs=0.01)  # 6 more at 15 s each
+    text = format_status(st, now=now)
+    lines = text.splitlines()
+    assert lines[0] == f"run directory: {rd.uri}"
+    assert lines[1] == "running: driver pid 4242 on gpu-node-7, last heard 5.0 s ago"
+    assert lines[3].split()[:3] == ["prompts", "done", "coco"]
+    assert "images   running  2/8 images (25 %)" in lines[4]
+    assert " 30.0 s " in lines[4] and lines[4].endswith(" ETA 1 min 30 s")
+    assert [line.split()[:2] for line in lines[5:]] == [
+        ["experts", "pending"], ["merge", "pending"], ["eval", "pending"]
+    ]  # fmt: skip
+
+    # the same driver silent for longer than STALE_AFTER_S: killed or lost
+    later = now + STALE_AFTER_S + 1
+    st = run_status(rd.uri, now=later)
+    assert not st.alive and st.stages[1].state == "interrupted"
+    lines = format_status(st, now=later).splitlines()
+    assert lines[1].startswith("not running: the driver (pid 4242 on gpu-node-7) was last heard")
+    assert lines[2] == f"resume: selma-ray run --run-dir {rd.uri} (same config)"
+
+
+def test_dead_driver_on_this_host_is_seen_at_once(tmp_path):
+    rd = _run_dir(tmp_path)
+    m = Manifest(rd)
+    m.start("prompts", {}, "h")
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    rd.write_json(
+        {"host": socket.gethostname(), "pid": dead, "state": "running", "beat_at": time.time()},
+        *layout.driver_heartbeat(),
+    )
+    st = run_status(rd.uri)  # beat a moment ago, but the process is gone
+    assert not st.alive and st.stages[0].state == "interrupted"
+
+
+def test_running_experts_progress_counts_checkpoint_steps(tmp_path):
+    rd = _run_dir(tmp_path)
+    m = Manifest(rd)
+    m.start("experts", {}, "h")
+    _driver(rd, host="elsewhere", beat_at=time.time())
+    state = {"step": 6}
+    rd.write_json(state, *layout.train_dir(), "expert-coco", "checkpoint_000006", "state.json")
+    rd.write_bytes(b"lora", *layout.expert_lora("whoops"))  # whoops finished: all 10 steps
+    experts = run_status(rd.uri).stages[2]
+    assert (experts.done, experts.total, experts.unit) == (16, 20, "training steps")
+
+
+def test_cli_status_json_and_missing_run(tmp_path, capsys, monkeypatch):
+    from selma_ray.cli import main
+
+    rd = _run_dir(tmp_path)
+    m = Manifest(rd)
+    m.start("prompts", {}, "h")
+    m.finish("prompts", {"coco": 4}, 1.0)
+    _driver(rd, host="elsewhere", beat_at=time.time() - 10, state="finished")
+    assert main(["status", "--run-dir", rd.uri, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["alive"] is False and data["driver"]["state"] == "finished"
+    assert [s["state"] for s in data["stages"]] == ["done"] + ["pending"] * 4
+    assert main(["status", "--run-dir", rd.uri]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "not running: the driver finished"
+    assert out[2] == f"resume: selma-ray run --run-dir {rd.uri} (same config)"  # unfinished
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 2
+    assert "no selma-runs/latest here: give --run-dir" in capsys.readouterr().err
+    assert main(["status", "--run-dir", str(tmp_path)]) == 2
+    assert "not a selma-ray run directory" in capsys.readouterr().err
+
+
+def test_failed_stage_is_one_line_naming_it_and_the_log_with_the_traceback(
+    tiny_models, tmp_path, capsys, monkeypatch
+):
+    import selma_ray.images.stage as images_stage
+    from selma_ray.cli import main
+
+    def broken(cfg, run_dir, executor):
+        raise RuntimeError("skill 'coco' row 3: the image actor ran out of memory\nmore detail")
+
+    monkeypatch.setattr(images_stage, "run_images_stage", broken)
+    run = tmp_path / "run"
+    args = ["run", "--run-dir", str(run), "--no-progress", "--set", "ray.executor=in-process"]
+    args += [a for s in SMALL for a in ("--set", s)]
+    assert main(args) == 1
+    err = capsys.readouterr().err.splitlines()
+    logs = sorted((run / layout.LOGS).glob("driver-*.log"))
+    assert len(logs) == 1
+    assert err[-3:] == [
+        "selma-ray: stage images failed: RuntimeError: skill 'coco' row 3: the image actor ran "
+        "out of memory",
+        f"  full traceback: {logs[0]}",
+        "  finished work is kept; rerun the same command to resume",
+    ]
+    text = logs[0].read_text()
+    assert "Traceback (most recent call last)" in text and "more detail" in text
+    manifest = RunDir(str(run)).read_json(*layout.manifest())["stages"]
+    assert manifest["prompts"]["status"] == "done"
+    assert manifest["images"]["status"] == "failed"
+    assert manifest["images"]["error"].startswith("RuntimeError: skill 'coco' row 3")
+    driver = RunDir(str(run)).read_json(*layout.driver_heartbeat())
+    assert driver["state"] == "failed"
+
+
+def test_quiet_console_keeps_library_info_out_but_in_the_driver_log(tmp_path, capsys):
+    from selma_ray.runlog import configure_console, driver_log
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        configure_console()
+        rd = RunDir(str(tmp_path / "run"))
+        with driver_log(rd) as url:
+            logging.getLogger("selma_ray.pipeline").info("stage images: running")
+            logging.getLogger("botocore.hooks").info("Execution plan of Dataset ...")
+            logging.getLogger("transformers").warning("requires torchvision; falling back")
+            logging.getLogger("urllib3.connectionpool").error("worker group failed")
+        err = capsys.readouterr().err.splitlines()
+        assert err == ["stage images: running", "worker group failed"], "\n".join(err)
+        text = Path(url).read_text()
+        for line in ("stage images: running", "Execution plan", "falling back", "worker group"):
+            assert line in text
+    finally:
+        for h in list(root.handlers):
+            if h not in saved[1]:
+                root.removeHandler(h)
+        root.setLevel(saved[0])
