@@ -3,8 +3,10 @@
 :func:`build_report` reads ``eval/report.json`` (written by the eval stage), the images under
 ``eval/images/<variant>/`` and each expert's ``experts/<skill>/expert.json`` loss curves, and
 writes one HTML file with everything inlined as ``data:`` URIs: a metrics table per variant and
-category (with merged - base), an image grid per skill/benchmark category x variant with the
-prompts, and the training / validation loss curves (matplotlib when installed, else PIL).
+category (with merged - base), the per-skill merged - base chart and the skill matrix with
+bootstrap intervals (:mod:`selma_ray.evaluation.views`), an image grid per skill/benchmark
+category x variant with the prompts, and the training / validation loss curves (matplotlib
+when installed, else PIL). A run on tiny random models says so at the top.
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ import io
 from typing import Any
 
 from selma_ray import layout
+from selma_ray.evaluation.views import (
+    delta_chart_svg,
+    merged_minus_base,
+    skill_matrix,
+    skill_matrix_html,
+)
 from selma_ray.storage import RunDir
 
 THUMB = 96
@@ -220,7 +228,24 @@ td,th{border:1px solid #ccc;padding:4px 6px;text-align:center;vertical-align:top
 td.prompt{text-align:left;max-width:260px;font-size:12px}
 .up{color:#080;font-weight:bold}.down{color:#b00;font-weight:bold}
 .curves img{margin:4px;border:1px solid #ddd}
+.caveat{background:#fff3cd;border:1px solid #e0c36a;padding:8px;max-width:900px}
+table.matrix td.own{outline:3px solid #2b83ba;outline-offset:-3px}
+table.matrix td.best{font-weight:bold}
 """
+
+
+def random_models_caveat(report: dict[str, Any]) -> str | None:
+    """What a reader must know when the run's models are tiny random ones (the tiny preset,
+    a rehearsal): their scores say the pipeline ran, not how well the method works."""
+    refs = [report.get("vqa_model"), report.get("clip_model")]
+    if not report.get("rehearsal") and not any(str(r).startswith("tiny:") for r in refs if r):
+        return None
+    return (
+        "This run's models are tiny and randomly initialised (the tiny preset or a "
+        "rehearsal): their images are noise and the VQA model answers at random, so DSG and "
+        "TIFA near 0 and merged - base near 0 are expected. The numbers show the pipeline "
+        "works end to end, not how well SELMA does; run a GPU preset for that."
+    )
 
 
 def build_report(run_dir: str | RunDir) -> dict[str, str]:
@@ -237,6 +262,8 @@ def build_report(run_dir: str | RunDir) -> dict[str, str]:
     )
     sheet = contact_sheet(rd, report)
     notes = "".join(f"<li>{_esc(n)}</li>" for n in report.get("notes", []))
+    caveat = random_models_caveat(report)
+    caveat = f'<p class="caveat" id="random-models">{_esc(caveat)}</p>' if caveat else ""
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>SELMA evaluation</title><style>{_CSS}</style></head>
 <body>
@@ -244,8 +271,15 @@ def build_report(run_dir: str | RunDir) -> dict[str, str]:
 <p>Run: <code>{_esc(rd.uri)}</code>. VQA: <code>{_esc(report.get("vqa_model"))}</code>,
 CLIP: <code>{_esc(report.get("clip_model"))}</code>, DSG rules: {_esc(report.get("rules"))}.</p>
 <ul>{notes}</ul>
+{caveat}
 <h2>Metrics (0-100; CLIPScore 0-2.5)</h2>
 {metrics_table_html(report)}
+<h2>Merged minus base, per skill (DSG on held-out skill prompts, 95 % interval)</h2>
+{delta_chart_svg(merged_minus_base(report))}
+<h2>Skill matrix: each variant on every skill's held-out prompts (DSG, 95 % interval)</h2>
+<p>An expert that specialises scores best on its own skill (outlined); the best variant per
+skill is in bold.</p>
+{skill_matrix_html(skill_matrix(report))}
 <h2>Loss curves</h2>
 <div class="curves">{plots or "<p>no expert curves</p>"}</div>
 <h2>Images</h2>

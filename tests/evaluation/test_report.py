@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from selma_ray.evaluation.report import _plot_pil, build_report, plot_curves
+from selma_ray.evaluation.views import UP_COLOR
 from selma_ray.storage import RunDir
 
 VARIANTS = ("base", "expert-coco", "merged")
@@ -84,6 +85,11 @@ def test_report_is_self_contained_with_table_images_and_curves(rd):
     assert n_images == 2 * len(VARIANTS) + 2
     assert "merged &minus; base" in page and "+2.00" in page and "+10.00" in page
     assert "a red cat coco" in page and "DSG dsg1k: relation" in page
+    # the per-skill merged - base chart, the skill matrix and, for tiny models, the caveat
+    assert '<svg id="merged-minus-base"' in page and ">coco</text>" in page
+    assert '<table class="matrix" id="skill-matrix">' in page
+    assert '<td class="own">55.0 (n=1)</td>' in page  # expert-coco on coco
+    assert 'id="random-models"' in page and "DSG and TIFA near 0" in page
     from PIL import Image
 
     with Image.open(io.BytesIO(rd.read_bytes("eval", "contact_sheet.png"))) as im:
@@ -128,6 +134,12 @@ def test_report_renders_in_headless_chromium(rd, tmp_path):
         px = np.asarray(im.convert("RGB"))
     assert px.shape[:2] == (2000, 1200)
     assert px.std() > 10  # not blank
+    # the merged - base chart rendered: its green bar (coco: +10)
+    up = np.array([int(UP_COLOR[i : i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(px.astype(int) - up).max(axis=-1) < 8).sum() > 300
+    # the skill matrix's outlined cell (expert-coco on coco): its blue outline
+    own = np.array([0x2B, 0x83, 0xBA])
+    assert (np.abs(px.astype(int) - own).max(axis=-1) < 8).sum() > 50
     # the inlined images rendered: pure red/green/blue thumbnails are on the page
     for channel in range(3):
         others = [c for c in range(3) if c != channel]
