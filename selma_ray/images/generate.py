@@ -27,7 +27,8 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -151,6 +152,38 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (None: unchanged). On the CPU a
+    convolution's float sums depend on how many threads share it, so images would change
+    with a pool's ``cpus``; drawing on one thread keeps the bytes the same everywhere."""
+    import torch
+
+    if n is None or torch.get_num_threads() == n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _DropTruncationWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "input was truncated because CLIP" not in record.getMessage()
+
+
+def _quiet_truncation(pipe: Any) -> int | None:
+    """Silence the pipeline module's per-prompt truncation warning (the stage counts them
+    instead, :meth:`ImageGenerator.truncates`); the tokenizer's length limit, if it has one."""
+    logging.getLogger(type(pipe).__module__).addFilter(_DropTruncationWarning())
+    tokenizer = getattr(pipe, "tokenizer", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and limit < 100_000 else None
+
+
 def load_pipeline(
     model: str,
     *,
@@ -256,7 +289,15 @@ class ImageGenerator:
             device=self.device,
         )
         self.load_seconds = time.perf_counter() - t0
+        self.text_limit = _quiet_truncation(self.pipe)
         self.init_finished_at = time.time()
+
+    def truncates(self, prompt: str) -> bool:
+        """Whether the text encoder cuts ``prompt`` (longer than its ``model_max_length``
+        tokens, 77 for CLIP): counted per stage instead of diffusers' warning per prompt."""
+        if self.text_limit is None:
+            return False
+        return len(self.pipe.tokenizer(prompt).input_ids) > self.text_limit
 
     # ------------------------------------------------------------------ drawing
     def _generator(self, seed: int) -> torch.Generator:
@@ -269,7 +310,10 @@ class ImageGenerator:
         import torch
 
         cfg = self.cfg
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            _cpu_threads(1 if str(self.device).startswith("cpu") else None),
+        ):
             out = self.pipe(
                 **self._prompt_inputs(prompts),
                 generator=[self._generator(s) for s in seeds],
@@ -367,7 +411,9 @@ class ImageGenerator:
                 self._write(rows[i]["skill"], rows[i]["file_name"], pixels)
                 started[i], finished[i], written[i] = t, time.time(), True
         pid = os.getpid()
+        truncated = [i in todo and self.truncates(rows[i]["prompt"]) for i in range(n)]
         return {
+            "truncated": np.array(truncated, dtype=bool),
             "file_name": np.array([r["file_name"] for r in rows], dtype=object),
             "text": np.array([r["prompt"] for r in rows], dtype=object),
             "skill": np.array([r["skill"] for r in rows], dtype=object),

@@ -162,6 +162,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
         len(todo),
     )
     written: dict[str, int] = defaultdict(int)
+    truncated = 0
     t_draw = time.perf_counter()
     if todo:
         results = draw_rows(
@@ -169,6 +170,14 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
         )
         for r in results:
             written[r["skill"]] += bool(r["written"])
+            truncated += bool(r.get("truncated"))
+    if truncated:  # one line for the stage, not diffusers' warning per prompt
+        log.warning(
+            "images: %d of %d prompts drawn were longer than the text encoder's token limit "
+            "and were truncated (only their first tokens shaped the image)",
+            truncated,
+            len(todo),
+        )
     draw_seconds = time.perf_counter() - t_draw
     for skill in planned:  # a killed writer may have left temp files behind
         _clean_temps(run_dir, skill, list_skill_dir(run_dir, skill)[1])
@@ -193,6 +202,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
             }
             for skill, rows in planned.items()
         },
+        "truncated_prompts": truncated,
         "draw_seconds": round(draw_seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }

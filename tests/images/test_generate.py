@@ -205,3 +205,22 @@ def test_gpu_unet_benchmark_tiny_runs_on_cpu():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "images/s" in proc.stdout and "TFLOP/s" in proc.stdout
+
+
+def test_images_do_not_depend_on_the_actors_cpu_threads(generator):
+    """A pool's `cpus` sets its actors' torch threads; on the CPU a convolution's float sums
+    depend on the thread count, so drawing runs on one thread whatever the process has."""
+    import torch
+
+    prompts = ["a red cat coco", "two dogs on a table coco", "a blue image on the left whoops"]
+    seeds = [11, 22, 33]
+    before = torch.get_num_threads()
+    try:
+        drawn = {}
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            drawn[threads] = generator.draw(prompts, seeds)
+            assert torch.get_num_threads() == threads  # restored after drawing
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(drawn[1], drawn[2]) and np.array_equal(drawn[1], drawn[4])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +269,36 @@ def test_killed_actor_is_restarted_and_images_match(ray_cluster, reference, tmp_
     assert _images(rd) == _images(reference)
     for skill in SKILLS:
         assert not any(".tmp-" in n for n in rd.listdir("images", skill))
+
+
+def test_prompts_longer_than_the_text_encoder_are_counted_once_per_stage(
+    in_process, tmp_path, caplog
+):
+    """Not diffusers' warning per prompt: one line for the stage, and the count in stats."""
+    import logging
+
+    from selma_ray.models import resolve_model
+
+    limit = json.loads(
+        (Path(resolve_model("tiny:sd")) / "tokenizer" / "tokenizer_config.json").read_text()
+    )["model_max_length"]
+    rd = RunDir(str(tmp_path / "run"))
+    long = " ".join(["a red cat beside a blue dog"] * limit)  # far more tokens than the limit
+    rd.write_jsonl(
+        [
+            {"id": "coco-00000", "skill": "coco", "prompt": long},
+            {"id": "coco-00001", "skill": "coco", "prompt": "a red cat"},
+        ],
+        "prompts", "coco.jsonl",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        run_images_stage(
+            load_config(overrides=["prompts.skills=[coco]", "images.images_per_prompt=2"]),
+            rd, in_process,
+        )  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "truncat" in r.getMessage()]
+    assert lines == [
+        "images: 2 of 4 prompts drawn were longer than the text encoder's token limit and were "
+        "truncated (only their first tokens shaped the image)"
+    ]
+    assert rd.read_json("images", "stats.json")["truncated_prompts"] == 2
