@@ -1,15 +1,33 @@
-"""``tiny:llama31-instruct``: a tiny Llama 3.1 Instruct stand-in trained to write stage 1's lists.
+"""``tiny:llama31-instruct``: a tiny Llama 3.1 Instruct stand-in for stage 1's lists and DSG.
 
 Owns the stand-in's recipe (:class:`StandinRecipe`): a byte-level BPE tokenizer with Llama 3's
 pre-tokenizer, special tokens and chat template (:data:`LLAMA31_CHAT_TEMPLATE`; tools
 simplified), a small ``LlamaForCausalLM`` (head_dim 32, so vLLM's CPU backend runs it, Llama
-3.1's ``llama3`` RoPE), its training conversations (:func:`training_conversations`: requests
-made by stage 1's own :func:`~selma_ray.prompts.fewshot.build_request`, answered with the
-scene-graph engine's numbered lists, for every built-in skill) and a short AdamW run on the
-assistant tokens, one CPU thread. :func:`make_llama31_instruct` saves the result with
-``save_pretrained`` (model, tokenizer, ``generation_config`` ending on ``<|eot_id|>``): it loads
-like ``meta-llama/Llama-3.1-8B-Instruct`` in transformers and vLLM, and a rehearsal run's
-stage 1 parses real numbered lists from it.
+3.1's ``llama3`` RoPE), its training conversations in two formats and a short AdamW run on the
+assistant tokens, one CPU thread:
+
+- stage 1's self-instruct lists (:func:`training_conversations`): requests made by stage 1's
+  own :func:`~selma_ray.prompts.fewshot.build_request`, answered with the scene-graph engine's
+  numbered lists, for every built-in skill;
+- DSG scene graphs (:func:`dsg_conversations`): requests made by the DSG pipeline's own
+  :func:`~selma_ray.prompts.dsg.pipeline.plan_request` (its DSG-1k few-shot examples, fitted
+  into the stand-in's context as the vllm engine fits them), answered with the known scene
+  graph of the prompt: a stage-1 caption of the scene-graph engine with the questions it
+  wrote, or a DSG-1k item that is not among its request's examples with its annotation. The
+  short examples a request shows are trained on too (the same format as the answer).
+
+What makes DSG learnable in a few CPU minutes: a context of 1024 positions, so the pipeline
+fits each DSG request with one or two examples instead of three (short sequences, the prompt
+close to the answer); answers of one size (``dsg_tuples`` tuples), so ending each section is
+a decision about the current line, not a count kept across the answer; and extra weight on the
+answer's ``<|eot_id|>``. The stand-in therefore writes scene graphs of that size whatever the
+prompt, well formed but with little of the prompt's content: enough for a rehearsal's DSG step
+to parse real generated text.
+
+:func:`make_llama31_instruct` saves the result with ``save_pretrained`` (model, tokenizer,
+``generation_config`` ending on ``<|eot_id|>``): it loads like
+``meta-llama/Llama-3.1-8B-Instruct`` in transformers and vLLM, and a rehearsal run parses real
+numbered lists (stage 1) and real scene graphs (its DSG questions) from it.
 
 Built once per cache directory by :mod:`selma_ray.models.registry`; bump
 ``selma_ray.models.tiny.FORMAT_VERSION`` when the recipe here changes (it names the cache
@@ -25,8 +43,11 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from selma_ray.seeds import derive_seed
 
 if TYPE_CHECKING:
     import os
@@ -34,7 +55,9 @@ if TYPE_CHECKING:
     import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from selma_ray.prompts.engines.base import GenerationRequest
+    from selma_ray.config import DsgQuestionsConfig
+    from selma_ray.prompts.dsg.pipeline import PromptToAsk
+    from selma_ray.prompts.engines.base import GenerationRequest, Question, TokenBudget
 
 __all__ = [
     "BOS",
@@ -42,6 +65,7 @@ __all__ = [
     "LLAMA31_CHAT_TEMPLATE",
     "RECIPE_FILE",
     "StandinRecipe",
+    "dsg_conversations",
     "make_llama31_instruct",
     "training_conversations",
 ]
@@ -128,7 +152,9 @@ class StandinRecipe:
     num_layers: int = 3
     num_heads: int = 4
     num_kv_heads: int = 2
-    max_position_embeddings: int = 2048
+    #: the context: a stage-1 request and its list, or a DSG request fitted to 1-2 examples
+    #: and its answer (longer list conversations are cut to it)
+    max_position_embeddings: int = 1024
     #: training conversations (one request and its answer each), skills in turn
     conversations: int = 1500
     #: captions per skill in the pool a request's examples are drawn from (besides the seeds)
@@ -139,7 +165,22 @@ class StandinRecipe:
     max_items: int = 20
     #: answers keep to this fraction of the skill's word limit, so sampled items have room
     answer_word_fraction: float = 0.8
-    steps: int = 380
+    #: DSG conversations (one prompt's scene-graph request and its answer each)
+    dsg_conversations: int = 1000
+    #: of those, the share about stage-1 captions (the rest: DSG-1k items, as many as have
+    #: ``dsg_tuples`` tuples)
+    dsg_caption_fraction: float = 0.8
+    #: tuples of every scene graph answered (prompts with other counts are not asked)
+    dsg_tuples: int = 5
+    #: the examples a request shows are trained on when they have at most this many tuples
+    dsg_example_max_tuples: int = 5
+    #: also train on the DSG-1k examples a DSG request shows (written as its answer is)
+    dsg_example_loss: bool = True
+    #: loss weight of a DSG answer's <|eot_id|> (other tokens 1): stop after the last question
+    dsg_stop_weight: float = 3.0
+    #: optimizer steps on each format's batches (the two interleaved at random)
+    steps: int = 330
+    dsg_steps: int = 400
     #: tokens per optimizer step, padding included (sequences of similar length batched)
     batch_tokens: int = 3072
     learning_rate: float = 3e-3
@@ -161,7 +202,6 @@ def training_conversations(recipe: StandinRecipe, seed: int) -> list[tuple[Gener
     """
     from selma_ray.prompts.engines.scene_graph import SceneGraphEngine
     from selma_ray.prompts.fewshot import build_request, sample_examples
-    from selma_ray.seeds import derive_seed
     from selma_ray.skills import BUILTIN_SKILLS
 
     engine = SceneGraphEngine(seed=derive_seed("llama31-instruct", seed, "engine"))
@@ -190,6 +230,89 @@ def training_conversations(recipe: StandinRecipe, seed: int) -> list[tuple[Gener
         limit = max(3, round(skill.word_limit * recipe.answer_word_fraction))
         answer = engine.generate([dataclasses.replace(req, word_limit=limit)])[0]
         out.append((req, str(answer)))
+    return out
+
+
+def dsg_conversations(
+    recipe: StandinRecipe, seed: int, budget: TokenBudget | None = None
+) -> list[tuple[GenerationRequest, str]]:
+    """(request, answer) pairs in the DSG pipeline's exact format: captions first, then DSG-1k.
+
+    Each request is :func:`~selma_ray.prompts.dsg.pipeline.plan_request`'s for the default
+    :class:`~selma_ray.config.DsgQuestionsConfig` (its examples chosen from DSG-1k by prompt id;
+    fitted into ``budget`` when given, as the vllm engine's budget fits it; requests that do not
+    fit are left out), and its answer is :func:`~selma_ray.prompts.dsg.answer.format_answer` of
+    the prompt's known scene graph, one of ``dsg_tuples`` tuples. ``dsg_caption_fraction`` of
+    the prompts are stage-1 captions (the scene-graph engine's, the built-in skills in turn,
+    within ``answer_word_fraction`` of the word limit as the stand-in writes them) with the
+    questions the engine wrote; the others are distinct DSG-1k items with their annotation,
+    each asked with examples that do not include it.
+    """
+    return _dsg_requests(_dsg_targets(recipe, seed), seed, budget)
+
+
+def _dsg_targets(recipe: StandinRecipe, seed: int) -> list[tuple[PromptToAsk, list[Question]]]:
+    """The prompts of :func:`dsg_conversations` and their scene graphs."""
+    from selma_ray.prompts.dsg.pipeline import PromptToAsk
+    from selma_ray.prompts.dsg.requests import choose_examples, example_pool
+    from selma_ray.prompts.engines.scene_graph import SceneGraphEngine
+    from selma_ray.prompts.fewshot import build_request
+    from selma_ray.skills import BUILTIN_SKILLS
+
+    rng = random.Random(derive_seed("llama31-instruct", seed, "dsg"))
+    engine = SceneGraphEngine(seed=derive_seed("llama31-instruct", seed, "dsg-engine"))
+    targets: list[tuple[PromptToAsk, list[Question]]] = []
+    n_captions = round(recipe.dsg_conversations * recipe.dsg_caption_fraction)
+    skills = list(BUILTIN_SKILLS.values())
+    for s, skill in enumerate(skills):
+        n = len(range(s, n_captions, len(skills)))
+        limit = max(3, round(skill.word_limit * recipe.answer_word_fraction))
+        kept: list[tuple[PromptToAsk, list[Question]]] = []
+        for _ in range(50):  # captions of dsg_tuples tuples are a few in a hundred, or more
+            if len(kept) >= n:
+                break
+            req = build_request(skill, list(skill.seeds), n_items=4 * n, seed=rng.getrandbits(63))
+            text = str(engine.generate([dataclasses.replace(req, word_limit=limit)])[0])
+            for line in text.splitlines():
+                caption = line.split(". ", 1)[1]
+                questions = engine.questions_for(caption) or []
+                if len(kept) < n and len(questions) == recipe.dsg_tuples:
+                    kept.append((PromptToAsk(f"{skill.name}-{len(kept):05d}", skill.name, caption),
+                                 questions))  # fmt: skip
+        targets += kept
+    run_seed = derive_seed("llama31-instruct", seed, "dsg-run")
+    k = _dsg_config().examples
+    pool = [e for e in example_pool() if len(e.questions) == recipe.dsg_tuples]
+    for example in rng.sample(pool, min(len(pool), recipe.dsg_conversations - n_captions)):
+        prompt_id, j = f"dsg1k-{example.item_id}", 0
+        while example in choose_examples(run_seed, prompt_id, k):  # not its own example
+            j += 1
+            prompt_id = f"dsg1k-{example.item_id}-{j}"
+        targets.append((PromptToAsk(prompt_id, "dsg1k", example.text), list(example.questions)))
+    return targets
+
+
+def _dsg_config() -> DsgQuestionsConfig:
+    """The DSG questions settings a run asks with by default (examples, response tokens)."""
+    from selma_ray.config import DsgQuestionsConfig
+
+    return DsgQuestionsConfig()
+
+
+def _dsg_requests(
+    targets: list[tuple[PromptToAsk, list[Question]]], seed: int, budget: TokenBudget | None
+) -> list[tuple[GenerationRequest, str]]:
+    """Each target's request, as the DSG pipeline plans it, and its answer."""
+    from selma_ray.prompts.dsg.answer import format_answer
+    from selma_ray.prompts.dsg.pipeline import plan_request
+
+    run_seed = derive_seed("llama31-instruct", seed, "dsg-run")
+    cfg = _dsg_config()
+    out = []
+    for item, questions in targets:
+        fit = plan_request(item, cfg, run_seed, budget)
+        if fit.request is not None:
+            out.append((fit.request, format_answer(questions)))
     return out
 
 
@@ -237,10 +360,23 @@ def _template_texts() -> list[str]:
     ]
 
 
+#: Where a DSG request's examples start and end (the text after them asks for the prompt's).
+_DSG_EXAMPLES_START = "Examples:\n\n"
+_DSG_EXAMPLES_END = "\n\nNow the same three sections"
+_DSG_TUPLES = "Tuples:\n"
+_DSG_NEXT_TEXT = "\n\nText: "
+
+
 def _encode(
-    tok: PreTrainedTokenizerFast, req: GenerationRequest, answer: str
-) -> tuple[list[int], int]:
-    """Token ids of the whole conversation and where the assistant's tokens start.
+    tok: PreTrainedTokenizerFast,
+    req: GenerationRequest,
+    answer: str,
+    *,
+    example_loss: bool = False,
+    example_max_tuples: int = 1000,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of the whole conversation and the [start, end) spans trained on: the
+    assistant's tokens, after (``example_loss``) the tokens of a DSG request's examples.
 
     The prompt part is tokenized alone, as an engine tokenizes it before generating.
     """
@@ -251,9 +387,56 @@ def _encode(
     if not whole.startswith(prompt):  # pragma: no cover - a template that reorders turns
         msg = "the chat template does not render the prompt as a prefix of the conversation"
         raise RuntimeError(msg)
-    head = tok(prompt, add_special_tokens=False)["input_ids"]
+    head = tok(prompt, add_special_tokens=False, return_offsets_mapping=example_loss)
     tail = tok(whole[len(prompt) :], add_special_tokens=False)["input_ids"]
-    return head + tail, len(head)
+    ids = list(head["input_ids"])
+    spans = [(len(ids), len(ids) + len(tail))]
+    if example_loss:
+        start = prompt.find(_DSG_EXAMPLES_START)
+        end = prompt.find(_DSG_EXAMPLES_END, start)
+        if start < 0 or end < 0:
+            msg = "a DSG request without its examples block: the request format changed"
+            raise RuntimeError(msg)
+        spans[:0] = _example_spans(
+            prompt, start + len(_DSG_EXAMPLES_START), end, head, example_max_tuples
+        )
+    return ids + tail, spans
+
+
+def _example_spans(
+    prompt: str, start: int, end: int, encoding: Any, max_tuples: int
+) -> list[tuple[int, int]]:
+    """Token spans of the scene graphs a DSG request shows in ``prompt[start:end]`` with at
+    most ``max_tuples`` tuples: from the example's ``Tuples:`` to its end (its ``Text:`` line,
+    a caption, is not trained on)."""
+    from selma_ray.prompts.dsg.answer import split_sections
+
+    ranges = []
+    at = prompt.find(_DSG_TUPLES, start, end)
+    while at >= 0:
+        nxt = prompt.find(_DSG_NEXT_TEXT, at, end)
+        stop = end if nxt < 0 else nxt
+        if len(split_sections(prompt[at:stop]).get("tuples", [])) <= max_tuples:
+            ranges.append((at, stop))
+        at = -1 if nxt < 0 else prompt.find(_DSG_TUPLES, nxt, end)
+    spans: list[tuple[int, int]] = []
+    for i, (a, b) in enumerate(encoding["offset_mapping"]):
+        if any(lo <= a and b <= hi for lo, hi in ranges):
+            if spans and spans[-1][1] == i:
+                spans[-1] = (spans[-1][0], i + 1)
+            else:
+                spans.append((i, i + 1))
+    return spans
+
+
+def _cut(
+    encoded: list[tuple[list[int], list[tuple[int, int]]]], n_max: int
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Conversations cut to the context (an answer longer than the room its request leaves
+    would be cut when generated too)."""
+    return [
+        (ids[:n_max], [(a, min(b, n_max)) for a, b in spans if a < n_max]) for ids, spans in encoded
+    ]
 
 
 def _batches(lengths: list[int], batch_tokens: int, rng: random.Random) -> list[list[int]]:
@@ -288,16 +471,42 @@ def make_llama31_instruct(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     from selma_ray.models.tiny import _BUILD_LOCK, _make_tokenizer_config_portable
+    from selma_ray.prompts.engines.base import TokenBudget, count_prompt_tokens
 
     recipe = recipe or StandinRecipe()
     out = Path(path)
     t0 = time.perf_counter()
-    data = training_conversations(recipe, seed)
+    lists = training_conversations(recipe, seed)
+    targets = _dsg_targets(recipe, seed)
     corpus = _template_texts() + [
-        text for req, answer in data for text in (*(m["content"] for m in req.messages), answer)
+        text
+        for req, answer in lists + _dsg_requests(targets, seed, None)
+        for text in (*(m["content"] for m in req.messages), answer)
     ]
     tok = _tokenizer(corpus, recipe.vocab_size)
-    encoded = [_encode(tok, req, answer) for req, answer in data]
+    # the DSG requests as the vllm engine's budget fits them with the stand-in's tokenizer
+    budget = TokenBudget(
+        recipe.max_position_embeddings,
+        partial(count_prompt_tokens, tok, plain_special_tokens=True),
+    )
+    dsg = _dsg_requests(targets, seed, budget)
+    n_max = recipe.max_position_embeddings
+    encoded_lists = _cut([_encode(tok, req, answer) for req, answer in lists], n_max)
+    encoded_dsg = _cut(
+        [
+            _encode(
+                tok,
+                req,
+                answer,
+                example_loss=recipe.dsg_example_loss,
+                example_max_tuples=recipe.dsg_example_max_tuples,
+            )
+            for req, answer in dsg
+        ],
+        n_max,
+    )
+    encoded = encoded_lists + encoded_dsg
+    data = lists + dsg
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=recipe.hidden_size,
@@ -321,13 +530,24 @@ def make_llama31_instruct(
         tie_word_embeddings=True,
     )
     n_tokens = sum(len(ids) for ids, _ in encoded)
-    log.info("llama31-instruct: %d conversations, %d tokens", len(data), n_tokens)
+    log.info(
+        "llama31-instruct: %d conversations (%d DSG), %d tokens", len(data), len(dsg), n_tokens
+    )
     # model init draws from torch's global RNG and training sets the thread count: one build
     # at a time in this process
     with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-        losses = _train(model, encoded, recipe, seed, tok.convert_tokens_to_ids(PAD))
+        losses = _train(
+            model,
+            [
+                (encoded_lists, recipe.steps, 1.0),
+                (encoded_dsg, recipe.dsg_steps, recipe.dsg_stop_weight),
+            ],
+            recipe,
+            seed,
+            tok.convert_tokens_to_ids(PAD),
+        )
     model.generation_config = GenerationConfig(  # as the real model's generation_config.json
         bos_token_id=config.bos_token_id,
         eos_token_id=list(config.eos_token_id),
@@ -343,9 +563,12 @@ def make_llama31_instruct(
         "recipe": dataclasses.asdict(recipe),
         "seed": seed,
         "conversations": len(data),
+        "dsg_conversations": len(dsg),
         "tokens": n_tokens,
-        "assistant_tokens": sum(len(ids) - start for ids, start in encoded),
-        "loss": [round(x, 4) for x in losses],
+        "assistant_tokens": sum(end - start for _, spans in encoded for start, end in spans[-1:]),
+        "trained_tokens": sum(end - start for _, spans in encoded for start, end in spans),
+        "loss": [round(x, 4) for x in losses[0]],
+        "dsg_loss": [round(x, 4) for x in losses[1]],
     }
     (out / RECIPE_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     log.info("llama31-instruct built in %.1f s", time.perf_counter() - t0)
@@ -372,13 +595,15 @@ def _write_as_the_hub_does(out: Path) -> None:
 
 def _train(
     model: LlamaForCausalLM,
-    encoded: list[tuple[list[int], int]],
+    groups: list[tuple[list[tuple[list[int], list[tuple[int, int]]]], int, float]],
     recipe: StandinRecipe,
     seed: int,
     pad_id: int,
-) -> list[float]:
-    """AdamW on the assistant tokens (the answer and its ``<|eot_id|>``), linear warmup then
-    cosine to a tenth, on one thread; returns the loss of every step."""
+) -> list[list[float]]:
+    """AdamW on the trained spans (the answer and its ``<|eot_id|>``, a DSG request's
+    examples), linear warmup then cosine to a tenth, on one thread. ``groups``: (encoded
+    conversations, steps on their batches, loss weight of an answer's ``<|eot_id|>``) each, the
+    steps of all groups interleaved at random; returns each group's loss of every step."""
     import torch
 
     opt = torch.optim.AdamW(
@@ -387,7 +612,10 @@ def _train(
         betas=(0.9, 0.95),
         weight_decay=recipe.weight_decay,
     )
-    warmup, total = recipe.warmup_steps, recipe.steps
+    rng = random.Random(seed)
+    schedule = [g for g, (_, steps, _) in enumerate(groups) for _ in range(steps)]
+    rng.shuffle(schedule)
+    warmup, total = recipe.warmup_steps, len(schedule)
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -396,32 +624,41 @@ def _train(
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    rng = random.Random(seed)
-    lengths = [len(ids) for ids, _ in encoded]
+    lengths = [[len(ids) for ids, _ in encoded] for encoded, _, _ in groups]
     threads = torch.get_num_threads()
     # one thread: the same float results whatever the machine's core count, and on busy
     # shared cores several threads' spin-waits made each step several times slower
     torch.set_num_threads(1)
-    losses: list[float] = []
+    losses: list[list[float]] = [[] for _ in groups]
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         model.train()
-        batches: list[list[int]] = []
-        for step in range(total):
-            if not batches:
-                batches = _batches(lengths, recipe.batch_tokens, rng)
-            input_ids, mask, labels = _collate([encoded[i] for i in batches.pop()], pad_id)
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        batches: list[list[list[int]]] = [[] for _ in groups]
+        for step, g in enumerate(schedule):
+            if not batches[g]:
+                batches[g] = _batches(lengths[g], recipe.batch_tokens, rng)
+            rows = [groups[g][0][i] for i in batches[g].pop()]
+            input_ids, targets, weights = _collate(rows, pad_id, groups[g][2])
+            # right padding under a causal mask: no real token sees a pad, so no attention
+            # mask is needed (which keeps attention on its fast causal path); logits only
+            # where a token is trained on
+            hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
+            trained = targets != -100
+            logits = model.lm_head(hidden[trained]).float()
+            per_token = torch.nn.functional.cross_entropy(
+                logits, targets[trained], reduction="none"
+            )
+            loss = (per_token * weights[trained]).sum() / weights[trained].sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses[g].append(loss.item())
             if step % 50 == 0 or step == total - 1:
                 log.info(
-                    "llama31-instruct step %d/%d: loss %.3f (%.0f s, %.0f s cpu)",
-                    step + 1, total, losses[-1],
+                    "llama31-instruct step %d/%d (group %d): loss %.3f (%.0f s, %.0f s cpu)",
+                    step + 1, total, g, losses[g][-1],
                     time.perf_counter() - t0, time.process_time() - c0,
                 )  # fmt: skip
     finally:
@@ -431,18 +668,23 @@ def _train(
 
 
 def _collate(
-    rows: list[tuple[list[int], int]], pad_id: int
+    rows: list[tuple[list[int], list[tuple[int, int]]]], pad_id: int, stop_weight: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input ids, attention mask, labels) of rows padded on the right; labels only on the
-    assistant tokens."""
+    """(input ids, next-token targets, their loss weights) of rows padded on the right; the
+    target of position i is token i + 1 where that token is in a trained span, else -100. The
+    last token of a row's last span (the answer's ``<|eot_id|>``) weighs ``stop_weight``, the
+    others 1."""
     import torch
 
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, (ids, start) in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.tensor(ids)
-        labels[r, start : len(ids)] = torch.tensor(ids[start:])
-        mask[r, : len(ids)] = 1
-    return input_ids, mask, labels
+    weights = torch.ones((len(rows), width))
+    for r, (ids, spans) in enumerate(rows):
+        row = torch.tensor(ids)
+        input_ids[r, : len(ids)] = row
+        for start, end in spans:
+            labels[r, start:end] = row[start:end]
+        if spans and spans[-1][1] == len(ids):
+            weights[r, len(ids) - 1] = stop_weight
+    return input_ids, labels[:, 1:], weights[:, 1:]

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Version of the tiny-model recipe; part of the cache directory name (see ``registry``).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Module init draws from torch's global RNG: two threads building at once would interleave
 # their draws, so builds in one process are serialised (processes have their own RNG).
