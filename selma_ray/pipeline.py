@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -252,7 +252,8 @@ def run_pipeline(
                     "stage %s failed", stage.name, exc_info=True, extra=FILE_ONLY
                 )
                 # for the CLI's one-line message: which stage, where the traceback is
-                e.selma_stage, e.selma_log = stage.name, summary.log  # type: ignore[union-attr]
+                with suppress(AttributeError):  # an exception type with __slots__
+                    e.selma_stage, e.selma_log = stage.name, summary.log  # type: ignore
                 raise
             seconds = time.perf_counter() - t0
             manifest.finish(stage.name, result.counts, seconds, complete=result.complete)
@@ -282,7 +283,7 @@ def _log_worker_logs() -> None:
 
     where = worker_logs_dir()
     if where:
-        log.debug("Ray workers' logs: %s on each node", where)
+        log.info("Ray workers' logs: %s on each node", where, extra=FILE_ONLY)
 
 
 def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Executor:

@@ -46,6 +46,16 @@ class _ConsoleFilter(logging.Filter):
         return not self.quiet or record.name.startswith(_OURS) or record.levelno >= logging.ERROR
 
 
+class _Plain(logging.Formatter):
+    """The message alone; warnings and errors say which they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
 class _Stderr(logging.StreamHandler):
     """A stream handler writing to whatever ``sys.stderr`` is at the time of each record."""
 
@@ -73,7 +83,7 @@ def configure_console(*, verbose: bool = False, level: str | None = None) -> Non
     handler = _Stderr()
     global _quiet
     quiet = _quiet = not (verbose or level)
-    handler.setFormatter(logging.Formatter("%(message)s" if quiet else FORMAT))
+    handler.setFormatter(_Plain() if quiet else logging.Formatter(FORMAT))
     handler.addFilter(_ConsoleFilter(quiet))
     root.addHandler(handler)
     root.setLevel(level.upper() if level else (logging.DEBUG if verbose else logging.INFO))

@@ -172,7 +172,7 @@ def test_quiet_console_keeps_library_info_out_but_in_the_driver_log(tmp_path, ca
             logging.getLogger("transformers").warning("requires torchvision; falling back")
             logging.getLogger("urllib3.connectionpool").error("worker group failed")
         err = capsys.readouterr().err.splitlines()
-        assert err == ["stage images: running", "worker group failed"], "\n".join(err)
+        assert err == ["stage images: running", "error: worker group failed"], "\n".join(err)
         text = Path(url).read_text()
         for line in ("stage images: running", "Execution plan", "falling back", "worker group"):
             assert line in text

@@ -244,7 +244,7 @@ def draw_variants(
     todo = [r for r in rows if not run_dir.exists(*eval_images(r["skill"], r["file_name"]))]
     if not todo:
         return []
-    return draw_rows(
+    drawn = draw_rows(
         todo,
         eval_images_config(cfg),
         run_dir.url(*eval_images()),
@@ -254,6 +254,15 @@ def draw_variants(
         generator_cls=LoraImageGenerator,
         generator_kwargs={"loras": loras},
     )
+    truncated = sum(bool(r.get("truncated")) for r in drawn)
+    if truncated:  # one line for the stage, not diffusers' warning per prompt
+        log.warning(
+            "eval: %d of %d images drawn had prompts longer than the text encoder's token "
+            "limit (truncated)",
+            truncated,
+            len(drawn),
+        )
+    return drawn
 
 
 # --------------------------------------------------------------------------- answers

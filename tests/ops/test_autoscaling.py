@@ -2,7 +2,7 @@
 
 A cluster of a head with no CPUs and an autoscaler (Ray's real one, on Ray's fake multi-node
 provider: :meth:`tests.ops.conftest.LocalCluster.start_head`) whose only node type carries 2
-CPUs and 1 logical GPU (this machine has none). The test process is the driver. The image pool
+CPUs and 1 logical GPU (this machine has none). `selma-ray run` is the driver. The image pool
 asks for one GPU per actor: the autoscaler launches nodes for it and removes them once they
 have been idle for the timeout. Each actor that Ray gave a GPU finds no CUDA device: it refuses
 to run on the CPU unless the run allows it (``ray.cpu_fallback``).
@@ -11,13 +11,14 @@ to run on the CPU unless the run allows it (``ray.cpu_fallback``).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from selma_ray import layout
-from selma_ray.config import load_config
 from selma_ray.storage import RunDir
 from tests.ops.conftest import LocalCluster
 
@@ -43,66 +44,62 @@ SETTINGS = [
 ]
 
 
+def _run(cluster: LocalCluster, uri: str, *extra: str) -> subprocess.CompletedProcess:
+    """`selma-ray run` through stage 2 as a driver joining the cluster (as users run it)."""
+    args = [a for setting in (*SETTINGS, *extra) for a in ("--set", setting)]
+    return subprocess.run(
+        [sys.executable, "-m", "selma_ray.cli", "run", "--address", cluster.address,
+         "--run-dir", uri, "--stages", "prompts,images", "--no-progress", *args],
+        env=cluster.env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def autoscaling(s3_env, _offline_cache, tiny_models):
-    """The cluster, and this process connected to it as the driver."""
     import boto3
     import ray
 
-    ray.shutdown()
+    ray.shutdown()  # the session's Ray; the drivers here are CLI processes
     c = LocalCluster(dict(os.environ), auth=False)
     c.start_head(worker_types=WORKER_TYPES)
     boto3.client("s3").create_bucket(Bucket="selma-autoscaling")
     try:
-        ray.init(address=c.address, log_to_driver=False, configure_logging=False)
         yield c
     finally:
-        ray.shutdown()
         c.stop()
 
 
-def _workers() -> int:
-    import ray
-
-    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU"))
-
-
 class NodeCounter(threading.Thread):
-    """Samples the number of live worker nodes every half second."""
+    """Samples the number of live worker nodes (Ray's state API) about every second."""
 
-    def __init__(self) -> None:
+    def __init__(self, cluster: LocalCluster) -> None:
         super().__init__(daemon=True)
+        self.cluster = cluster
         self.samples: list[tuple[float, int]] = []
         self.stop = threading.Event()
+        self.t0 = time.monotonic()
 
     def run(self) -> None:
-        t0 = time.monotonic()
         while not self.stop.is_set():
-            self.samples.append((time.monotonic() - t0, _workers()))
+            self.samples.append((time.monotonic() - self.t0, len(self.cluster.worker_nodes())))
             time.sleep(0.5)
 
 
 def test_image_pool_scales_worker_nodes_up_then_idle_nodes_go(autoscaling):
-    from selma_ray.distributed import RayExecutor
-    from selma_ray.pipeline import run_pipeline
-
-    assert _workers() == 0  # the cluster starts without worker nodes
-    counter = NodeCounter()
+    assert autoscaling.worker_nodes() == []  # the cluster starts without worker nodes
+    counter = NodeCounter(autoscaling)
     counter.start()
     uri = "s3://selma-autoscaling/run"
-    cfg = load_config(overrides=SETTINGS)
-    summary = run_pipeline(
-        cfg, uri, stages=["prompts", "images"], executor=RayExecutor(cpu_fallback=True)
-    )
-    done_at = counter.samples[-1][0]
+    out = _run(autoscaling, uri, "ray.cpu_fallback=true")
+    done_at = time.monotonic() - counter.t0
     deadline = time.time() + 120
-    while _workers() and time.time() < deadline:
+    while autoscaling.worker_nodes() and time.time() < deadline:
         time.sleep(1)
     time.sleep(1)
     counter.stop.set()
     counter.join()
+    assert out.returncode == 0, out.stderr[-3000:]
     counts = [n for _, n in counter.samples]
-    assert summary.ran == ["prompts", "images"]
     rd = RunDir(uri)
     for skill in ("coco", "whoops"):
         assert len(rd.read_jsonl(*layout.images_metadata(skill))) == 6
@@ -113,23 +110,20 @@ def test_image_pool_scales_worker_nodes_up_then_idle_nodes_go(autoscaling):
     assert after and after[-1] == 0, counter.samples
 
 
-def test_actor_given_a_gpu_without_cuda_refuses_naming_the_pool(autoscaling, tmp_path):
+def test_actor_given_a_gpu_without_cuda_refuses_naming_the_pool(autoscaling):
     """Without ray.cpu_fallback, the first image actor fails at once and says why."""
-    from selma_ray.distributed import RayExecutor
-    from selma_ray.pipeline import run_pipeline
-
-    cfg = load_config(overrides=SETTINGS)
+    uri = "s3://selma-autoscaling/refused"
     t0 = time.monotonic()
-    with pytest.raises(Exception) as e:  # noqa: PT011 - Ray wraps the actor's error
-        run_pipeline(
-            cfg, "s3://selma-autoscaling/refused", stages=["prompts", "images"],
-            executor=RayExecutor(),
-        )  # fmt: skip
-    text = str(e.value)
+    out = _run(autoscaling, uri)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert time.monotonic() - t0 < 240  # not after endless actor restarts
+    assert "selma-ray: stage images failed: " in out.stderr
+    rd = RunDir(uri)
+    (log_name,) = [n for n in rd.listdir(layout.LOGS) if n.startswith("driver-")]
+    text = rd.read_text(layout.LOGS, log_name)  # the full traceback
     assert "ImageGenerator actor: Ray gave it 1 GPU (images.pool.gpus" in text, text[-3000:]
     assert "but torch finds no CUDA device: this torch" in text
     assert "set images.pool.gpus: 0 to run on CPUs" in text
     assert "ray.cpu_fallback: true" in text
-    assert time.monotonic() - t0 < 180  # not after endless actor restarts
     # no image was drawn on the CPU behind the user's back
-    assert not RunDir("s3://selma-autoscaling/refused").exists(layout.IMAGES, "coco")
+    assert not rd.exists(layout.IMAGES, "coco")

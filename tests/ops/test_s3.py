@@ -354,7 +354,12 @@ def test_tiny_run_on_s3_then_rerun_does_no_work_and_serving_reads_it(
     probes = {k for k in after if posixpath.basename(k).startswith(layout.WRITE_PROBE_PREFIX)}
     assert len(probes) == 2 and not probes & set(_keys(bucket, "run/"))
     changed = {k for k in after if after[k] != first.get(k)} - probes
-    assert changed == {f"run/{layout.CONFIG_FILE}"}
+    # besides: the driver's heartbeat and this session's log, records of every run
+    records = {f"run/{layout.DRIVER_FILE}"} | {
+        k for k in changed if k.startswith(f"run/{layout.LOGS}/driver-")
+    }
+    assert len(records) == 2
+    assert changed - records == {f"run/{layout.CONFIG_FILE}"}
 
     # nothing of the run on local disk: no ./selma-runs, no ./s3:/..., no copies in TMPDIR
     assert list(local_dirs.cwd.iterdir()) == []
