@@ -52,6 +52,20 @@ def test_rows_and_batches_round_trip():
     assert batch_to_rows(batch) == rows
 
 
+def _train_cfg(steps: int, *extra: str):
+    """One tiny expert (coco) of ``steps`` steps, a checkpoint every 2."""
+    return load_config(
+        overrides=[
+            "prompts.skills=[coco]",
+            f"train.max_steps={steps}",
+            "train.checkpoint_every=2",
+            "train.batch_size=2",
+            "train.resolution=32",
+            *extra,
+        ]
+    )
+
+
 def test_in_process_experts_resume_from_their_checkpoints(tiny_models, tmp_path):
     from selma_ray.training.data import write_synthetic_skill
     from selma_ray.training.stage import expert_jobs
@@ -59,20 +73,9 @@ def test_in_process_experts_resume_from_their_checkpoints(tiny_models, tmp_path)
     rd = RunDir(str(tmp_path / "run"))
     write_synthetic_skill(rd, "coco", prompts=4, size=32, seed=0)
 
-    def cfg(steps: int):
-        return load_config(
-            overrides=[
-                "prompts.skills=[coco]",
-                f"train.max_steps={steps}",
-                "train.checkpoint_every=2",
-                "train.batch_size=2",
-                "train.resolution=32",
-            ]
-        )
-
-    InProcessExecutor().train_experts(expert_jobs(cfg(2), rd, ["coco"]))
+    InProcessExecutor().train_experts(expert_jobs(_train_cfg(2), rd, ["coco"]))
     assert rd.read_json("experts", "coco", "expert.json")["resumed_from"] is None
-    InProcessExecutor().train_experts(expert_jobs(cfg(4), rd, ["coco"]))
+    InProcessExecutor().train_experts(expert_jobs(_train_cfg(4), rd, ["coco"]))
     meta = rd.read_json("experts", "coco", "expert.json")
     assert meta["steps"] == 4 and meta["resumed_from"] == 2
     assert [int(s) for s, _ in meta["train_loss"]] == [1, 2, 3, 4]
@@ -91,16 +94,7 @@ def test_in_process_checkpoints_go_to_the_run_storage_and_resume_from_it(tiny_mo
     write_synthetic_skill(rd, "coco", prompts=4, size=32, seed=0)
 
     def cfg(steps: int):
-        return load_config(
-            overrides=[
-                "prompts.skills=[coco]",
-                f"train.max_steps={steps}",
-                "train.checkpoint_every=2",
-                "train.batch_size=2",
-                "train.resolution=32",
-                "train.num_to_keep=1",
-            ]
-        )
+        return _train_cfg(steps, "train.num_to_keep=1")
 
     InProcessExecutor().train_experts(expert_jobs(cfg(2), rd, ["coco"]))
     uri = rd.url(*layout.train_dir(), layout.train_run_name("coco"))
