@@ -157,8 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
 
-    report = sub.add_parser("report", help="rebuild eval/report.html from a run's eval results")
+    report = sub.add_parser(
+        "report",
+        help="rebuild eval/report.html and the paper's comparison table from a run's eval results",
+    )
     report.add_argument("--run-dir", required=True, help="run directory (path or fsspec URI)")
+    report.add_argument(
+        "--table",
+        action="store_true",
+        help="print the comparison table (base / joint / merged on every metric, 95%% intervals) "
+        "and the skill matrix",
+    )
+    report.add_argument(
+        "--format", choices=("md", "csv"), default="md", help="--table as Markdown or CSV"
+    )
+    report.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN_DIR",
+        help="add another run's merged model as a row (e.g. ground-truth=s3://b/runs/gt); "
+        "repeatable",
+    )
 
     models = sub.add_parser("models", help="model utilities")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -254,6 +274,31 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from selma_ray.evaluation.report import build_report
+
+    compare: dict[str, str] = {}
+    for text in args.compare:
+        label, sep, uri = text.partition("=")
+        if not sep or not label.strip() or not uri.strip():
+            msg = f"--compare {text!r}: expected LABEL=RUN_DIR (e.g. ground-truth=runs/gt)"
+            raise ConfigError(msg)
+        compare[label.strip()] = uri.strip()
+    import fsspec
+
+    paths = build_report(args.run_dir, compare)
+    if args.table:
+        key = "table_md" if args.format == "md" else "table_csv"
+        with fsspec.open(paths[key], "r") as f:
+            print(f.read(), end="")
+        return 0
+    print(
+        f"report: {paths['html']}\ncontact sheet: {paths['contact_sheet']}\n"
+        f"table: {paths['table_md']} ({paths['table_csv']})"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -306,11 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return _cmd_status(args)
         if args.command == "report":
-            from selma_ray.evaluation.report import build_report
-
-            paths = build_report(args.run_dir)
-            print(f"report: {paths['html']}\ncontact sheet: {paths['contact_sheet']}")
-            return 0
+            return _cmd_report(args)
         if args.command == "models":
             from selma_ray.models.tiny import make_tiny
 

@@ -342,6 +342,13 @@ class TrainConfig(Section):
     resolution: int = Field(64, ge=8, description="Training resolution (paper 512; SDXL 1024).")
     random_flip: bool = True
     center_crop: bool = True
+    joint: bool = Field(
+        False,
+        description=(
+            "Also train the paper's joint baseline: one LoRA on the union of every skill's "
+            "pairs, same recipe and steps as one expert (evaluate it with eval.variants joint)."
+        ),
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = Field(False, json_schema_extra=RUNTIME)
     cache_inputs: bool = Field(True, description="Encode latents / text once, train from cache.")
@@ -415,8 +422,12 @@ class EvalConfig(Section):
         ),
     )
     max_items: int | None = Field(8, ge=1, description="Benchmark items per variant; None = all.")
-    variants: list[Literal["base", "experts", "merged"]] = Field(
-        default_factory=lambda: ["base", "experts", "merged"]
+    variants: list[Literal["base", "experts", "merged", "joint"]] = Field(
+        default_factory=lambda: ["base", "experts", "merged"],
+        description=(
+            "Models to evaluate: base (no LoRA), experts (each skill's), merged, joint (one LoRA "
+            "on all skills' pairs; needs train.joint)."
+        ),
     )
     pool: ActorPool = _pool()
     rows_per_task: int = Field(
@@ -532,6 +543,16 @@ class SelmaConfig(Section):
     @model_validator(mode="after")
     def _name_pools(self) -> SelmaConfig:
         name_pools(self)
+        return self
+
+    @model_validator(mode="after")
+    def _joint_is_trained(self) -> SelmaConfig:
+        if "joint" in self.eval.variants and not self.train.joint:
+            msg = (
+                "eval.variants includes joint, but train.joint is false: set train.joint=true "
+                "so the experts stage trains the joint baseline, or drop joint"
+            )
+            raise ValueError(msg)
         return self
 
     @field_validator("preset")

@@ -39,6 +39,9 @@ class ExpertJob:
     storage_path: str  # where checkpoints live (Ray Train storage / local checkpoint root)
     model_cache_dir: str | None = None
     seed: int = 0
+    #: skills whose pairs the job trains on; empty = ``skill``'s own (the joint baseline
+    #: names every skill)
+    sources: tuple[str, ...] = ()
 
 
 class Executor(Protocol):
@@ -155,6 +158,7 @@ class InProcessExecutor:
                     base_model=job.base_model,
                     model_cache_dir=job.model_cache_dir,
                     seed=job.seed,
+                    sources=job.sources,
                     reporter=reporter,
                     resume=latest_checkpoint(directory),
                 )

@@ -10,9 +10,12 @@ Nothing else in selma-ray names a run-directory folder or file::
     cache/<skill>/inputs.safetensors  cache.json             cache/encode.json
     train/expert-<skill>/                (Ray Train runs: checkpoints for resume)
     experts/<skill>/pytorch_lora_weights.safetensors  expert.json  curves.json
+    experts/joint/...   (train.joint: one LoRA on every skill's pairs, the joint baseline)
     merged/pytorch_lora_weights.safetensors  merge.json  README.md  pipeline/
     eval/images/<variant>/<item_id>.png  answers.parquet  report.json  report.html
     eval/answers/part-<hash>.parquet  stats.json    (VQA answers as they come: resume)
+    eval/table.md  table.csv                        (the paper's comparison table)
+    eval/votes/<rater>-<uuid>.json                  (human side-by-side votes, one per file)
     logs/
 """
 
@@ -224,7 +227,29 @@ def eval_contact_sheet() -> Parts:
     return (EVAL, CONTACT_SHEET_FILE)
 
 
+def eval_table(suffix: str) -> Parts:
+    """The paper's comparison table: ``eval/table.md`` or ``eval/table.csv``."""
+    return (EVAL, f"table.{suffix}")
+
+
+def eval_votes(*name: str) -> Parts:
+    """The folder (or one file) of human side-by-side votes: one object per vote, never
+    rewritten, so concurrent raters (and servers) only ever add files."""
+    return (EVAL, "votes", *name)
+
+
+def eval_vote(rater: str, vote_id: str) -> Parts:
+    """One vote of ``rater`` (``vote_id``: a uuid4 hex, no dashes, so the rater is what comes
+    before the last ``-``)."""
+    return eval_votes(f"{rater}-{vote_id}.json")
+
+
 # ----------------------------------------------------------------------- variants
+#: The joint multi-skill baseline: trained as an "expert" of this reserved name (no skill may
+#: take it) on the union of every skill's pairs; its variant name in evaluation and serving.
+JOINT = "joint"
+
+
 def expert_variant(skill: str) -> str:
     """The variant name of a skill's expert in evaluation and serving."""
     return f"expert-{skill}"

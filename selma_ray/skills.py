@@ -11,6 +11,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from selma_ray.layout import JOINT
+
 _COMMON_RULES = (
     "Each prompt describes everyday objects, animals, people or places, is diverse in style "
     "and content from the examples, and stays under {limit} words."
@@ -38,6 +40,9 @@ class Skill(BaseModel):
                 f"skill name {v!r} must be 1-64 characters of lowercase letters, digits, '_' or "
                 "'-' (it names files and experts)"
             )
+            raise ValueError(msg)
+        if v == JOINT:
+            msg = f"skill name {v!r} is reserved for the joint multi-skill baseline; rename it"
             raise ValueError(msg)
         return v
 

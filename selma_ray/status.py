@@ -185,14 +185,15 @@ def _progress(rd: RunDir, cfg: Any, stage: str) -> tuple[int | None, int | None,
         if stage == "experts":
             from selma_ray.training.resume import checkpoint_steps
 
+            jobs = [*skills, layout.JOINT] if cfg.train.joint else skills
             steps = 0
-            for s in skills:
+            for s in jobs:
                 if rd.exists(*layout.expert_lora(s)):
                     steps += cfg.train.max_steps
                     continue
                 found = checkpoint_steps(rd.url(*layout.train_dir(), layout.train_run_name(s)))
                 steps += found[0][0] if found else 0
-            return steps, cfg.train.max_steps * len(skills), "training steps"
+            return steps, cfg.train.max_steps * len(jobs), "training steps"
     except Exception:  # noqa: BLE001 - progress is best effort; the state still shows
         return None, None, ""
     return None, None, ""

@@ -100,6 +100,11 @@ def test_file_preset_and_precedence(tmp_path):
         ("images.pool.min_size=3", "images.pool: min_size (3) must be <= max_size (1)"),
         ("train.cache_pool.gpus=-1", "train.cache_pool.gpus: Input should be greater than"),
         ("preset=sd3", "unknown preset 'sd3'"),
+        ("eval.variants=[base,joint]", "eval.variants includes joint, but train.joint is false"),
+        (
+            "prompts.skills=[{name: joint, instruction: x, seeds: [a]}]",
+            "'joint' is reserved for the joint multi-skill baseline",
+        ),
     ],
 )
 def test_bad_values_name_the_field(override, expected):

@@ -2,7 +2,9 @@
 
 :func:`build_report` reads ``eval/report.json`` (written by the eval stage), the images under
 ``eval/images/<variant>/`` and each expert's ``experts/<skill>/expert.json`` loss curves, and
-writes one HTML file with everything inlined as ``data:`` URIs: a metrics table per variant and
+writes one HTML file with everything inlined as ``data:`` URIs: the paper's comparison table
+(:mod:`selma_ray.evaluation.table`, also written as ``eval/table.md`` / ``.csv``), a metrics
+table per variant and
 category (with merged - base), the per-skill merged - base chart and the skill matrix with
 bootstrap intervals (:mod:`selma_ray.evaluation.views`), an image grid per skill/benchmark
 category x variant with the prompts, and the training / validation loss curves (matplotlib
@@ -14,9 +16,18 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from typing import Any
 
 from selma_ray import layout
+from selma_ray.evaluation.table import (
+    PREFERENCE_COLUMNS,
+    matrix_markdown,
+    paper_table,
+    to_csv,
+    to_markdown,
+)
+from selma_ray.evaluation.table import to_html as table_html
 from selma_ray.evaluation.views import (
     delta_chart_svg,
     merged_minus_base,
@@ -42,7 +53,8 @@ def _fmt(v: Any) -> str:
 
 
 def _metric_rows(report: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, float | None]]]:
-    """(metric names, {variant: {metric: value}}): every DSG overall/category, TIFA, CLIP."""
+    """(metric names, {variant: {metric: value}}): every DSG overall/category, TIFA, the
+    preference scores, CLIP."""
     metrics: dict[str, None] = {}
     table: dict[str, dict[str, float | None]] = {}
     for v, entry in report["variants"].items():
@@ -55,6 +67,9 @@ def _metric_rows(report: dict[str, Any]) -> tuple[list[str], dict[str, dict[str,
             row["TIFA"] = entry["tifa"]["overall"]
             for cat, val in entry["tifa"]["by_category"].items():
                 row[f"TIFA: {cat}"] = val
+        for kind, title in PREFERENCE_COLUMNS.items():
+            if kind in (entry.get("preference") or {}):
+                row[title] = entry["preference"][kind].get("mean")
         row["CLIPScore"] = entry.get("clip")
         metrics.update(dict.fromkeys(row))
         table[v] = row
@@ -248,13 +263,24 @@ def random_models_caveat(report: dict[str, Any]) -> str | None:
     )
 
 
-def build_report(run_dir: str | RunDir) -> dict[str, str]:
-    """Write ``eval/report.html`` and ``eval/contact_sheet.png``; returns their URIs."""
+def read_report(run_dir: str | RunDir) -> dict[str, Any]:
+    """A run's ``eval/report.json``; a missing one raises naming it and the fix."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if not rd.exists(*layout.eval_report()):
         msg = f"no {rd.url(*layout.eval_report())}: run the eval stage first"
         raise FileNotFoundError(msg)
-    report = rd.read_json(*layout.eval_report())
+    return rd.read_json(*layout.eval_report())
+
+
+def build_report(
+    run_dir: str | RunDir, compare: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Write ``eval/report.html``, ``eval/contact_sheet.png`` and the paper's comparison
+    table (``eval/table.md``, ``eval/table.csv``); returns their URIs. ``compare``: {label:
+    run directory} of other runs whose merged model joins the table (e.g. ``ground-truth``)."""
+    rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    report = read_report(rd)
+    table = paper_table(report, {label: read_report(uri) for label, uri in (compare or {}).items()})
     curves = loss_curves(rd)
     plots = "".join(
         f'<img src="{_data_uri(plot_curves(skill, c))}" alt="loss curves {_esc(skill)}">'
@@ -272,6 +298,10 @@ def build_report(run_dir: str | RunDir) -> dict[str, str]:
 CLIP: <code>{_esc(report.get("clip_model"))}</code>, DSG rules: {_esc(report.get("rules"))}.</p>
 <ul>{notes}</ul>
 {caveat}
+<h2>The paper's comparison (mean over items, 95 % bootstrap interval)</h2>
+<p>DSG and TIFA 0-100, CLIPScore 0-2.5; PickScore, ImageReward and HPS on their own scales.
+Differences are paired over the items both models were scored on.</p>
+{table_html(table)}
 <h2>Metrics (0-100; CLIPScore 0-2.5)</h2>
 {metrics_table_html(report)}
 <h2>Merged minus base, per skill (DSG on held-out skill prompts, 95 % interval)</h2>
@@ -289,8 +319,12 @@ skill is in bold.</p>
 </body></html>
 """
     rd.write_bytes(sheet, *layout.eval_contact_sheet())
+    rd.write_text(to_markdown(table) + "\n" + matrix_markdown(report), *layout.eval_table("md"))
+    rd.write_text(to_csv(table), *layout.eval_table("csv"))
     rd.write_text(page, *layout.eval_report_html())
     return {
         "html": rd.url(*layout.eval_report_html()),
         "contact_sheet": rd.url(*layout.eval_contact_sheet()),
+        "table_md": rd.url(*layout.eval_table("md")),
+        "table_csv": rd.url(*layout.eval_table("csv")),
     }

@@ -2,7 +2,8 @@
 
 Variants (``eval.variants``), all drawn with the experts' base model at their training
 resolution (``train.base_model``, ``train.resolution``): ``base`` (no LoRA), ``expert-<skill>``
-(each skill's expert LoRA) and ``merged`` (the merged LoRA). Items: DSG-1k (``max_items``,
+(each skill's expert LoRA), ``merged`` (the merged LoRA) and ``joint`` (the joint baseline:
+one LoRA trained on every skill's pairs, with ``train.joint``). Items: DSG-1k (``max_items``,
 round-robin over its categories in source order), TIFA (when ``eval.tifa_path``), and our skill
 prompts held out from expert training (the same
 ``split_holdout(prompt ids, train.validation_fraction, seed)`` the trainer uses; with a fraction
@@ -147,6 +148,14 @@ def variant_loras(cfg: SelmaConfig, run_dir: RunDir) -> dict[str, str | None]:
                 msg = f"eval: no {'/'.join(layout.merged_lora())}; run the merge stage first"
                 raise FileNotFoundError(msg)
             out["merged"] = run_dir.url(*layout.merged_lora())
+        elif v == "joint":
+            if not run_dir.exists(*layout.expert_lora(layout.JOINT)):
+                msg = (
+                    "eval: no joint baseline LoRA; run the experts stage with train.joint=true "
+                    "(--redo experts if it already ran without it)"
+                )
+                raise FileNotFoundError(msg)
+            out[layout.JOINT] = run_dir.url(*layout.expert_lora(layout.JOINT))
     return out
 
 
@@ -446,6 +455,7 @@ def score_variant(
                 "by_element_type": {k: round(v, _DIGITS) for k, v in r.by_element_type.items()},
                 "n_items": r.n_items,
                 "n_missing": r.n_missing,
+                "items": {s.item_id: round(100 * s.accuracy, _DIGITS) for s in r.item_scores},
             }
         else:
             r = score_dsg(bench_items, answers, RULES)

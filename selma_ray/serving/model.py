@@ -198,7 +198,7 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
             continue
         _check_base(rd, layout.expert_meta(skill), base_model)
         adapters[skill] = path
-        kinds[skill] = "expert"
+        kinds[skill] = "joint" if skill == layout.JOINT else "expert"
     limits = Limits.from_config(cfg.serve)
     return ModelSpec(
         run_dir=rd.uri,

@@ -18,12 +18,14 @@ the same side, so the validation loss never scores a prompt the expert trained o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -43,6 +45,7 @@ __all__ = [
     "CropInfo",
     "Pair",
     "files_hash",
+    "load_job_pairs",
     "load_pairs",
     "preprocess",
     "resize_and_crop",
@@ -205,6 +208,42 @@ def load_pairs(run_dir: RunDir, skill: str) -> tuple[list[Pair], dict[str, int]]
         raise ValueError(msg)
     pairs.sort(key=lambda p: p.file_name)
     return pairs, dict(skipped)
+
+
+def load_job_pairs(
+    run_dir: RunDir, skill: str, sources: Sequence[str] = ()
+) -> tuple[list[Pair], dict[str, int]]:
+    """The pairs one training job learns from: ``skill``'s own (:func:`load_pairs`), or, with
+    ``sources`` (the joint multi-skill baseline), the union of those skills' pairs, each file
+    name prefixed with its skill (``<skill>/<file>``, unique across skills). Skips are summed
+    over the sources."""
+    if not sources:
+        return load_pairs(run_dir, skill)
+    pairs: list[Pair] = []
+    skipped: Counter[str] = Counter()
+    for src in sources:
+        got, src_skipped = load_pairs(run_dir, src)
+        skipped.update(src_skipped)
+        pairs.extend(dataclasses.replace(p, file_name=f"{src}/{p.file_name}") for p in got)
+    return pairs, dict(skipped)
+
+
+def job_holdout(
+    pairs: list[Pair], fraction: float, seed: int, sources: Sequence[str] = ()
+) -> tuple[list[Pair], list[Pair]]:
+    """:func:`split_holdout` of a job's pairs; with ``sources``, split each source skill's
+    pairs on its own and join the sides, so the joint baseline holds out exactly the prompts
+    every expert holds out."""
+    if not sources:
+        return split_holdout(pairs, fraction, seed)
+    train: list[Pair] = []
+    val: list[Pair] = []
+    for src in sources:
+        own = [p for p in pairs if p.file_name.startswith(f"{src}/")]
+        t, v = split_holdout(own, fraction, seed)
+        train.extend(t)
+        val.extend(v)
+    return train, val
 
 
 def split_holdout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:

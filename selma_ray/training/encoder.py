@@ -9,7 +9,7 @@ with the same :func:`~selma_ray.training.store.load_or_build_cache`.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -86,15 +86,16 @@ class CacheEncoder:
             self._components = load_components(path, device=self.device, unet=False)
         return self._components
 
-    def encode_skill(self, skill: str) -> dict[str, Any]:
-        """Build (or confirm) one skill's cache; returns its :data:`ENCODE_COLUMNS` row."""
-        from selma_ray.training.data import load_pairs
+    def encode_skill(self, skill: str, sources: Sequence[str] = ()) -> dict[str, Any]:
+        """Build (or confirm) one skill's cache (with ``sources``: the joint baseline's, over
+        those skills' pairs); returns its :data:`ENCODE_COLUMNS` row."""
+        from selma_ray.training.data import load_job_pairs
 
         start = time.perf_counter()
         row: dict[str, Any] = dict.fromkeys(ENCODE_COLUMNS)
         row.update(skill=skill, built=False, pairs=0, skipped=0, error="")
         try:
-            pairs, skipped = load_pairs(self.run_dir, skill)
+            pairs, skipped = load_job_pairs(self.run_dir, skill, sources)
         except ValueError as e:
             row.update(error=str(e), seconds=time.perf_counter() - start)
             return row
@@ -121,8 +122,15 @@ class CacheEncoder:
         return row
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """A Ray Data batch with a ``skill`` column -> the :data:`ENCODE_COLUMNS` of each."""
+        """A Ray Data batch with a ``skill`` column (and optionally ``sources``: comma-joined
+        skill names) -> the :data:`ENCODE_COLUMNS` of each."""
         import numpy as np
 
-        rows = [self.encode_skill(str(skill)) for skill in batch["skill"]]
+        sources = batch.get("sources")
+        if sources is None:
+            sources = [""] * len(batch["skill"])
+        rows = [
+            self.encode_skill(str(skill), tuple(filter(None, str(src).split(","))))
+            for skill, src in zip(batch["skill"], sources, strict=True)
+        ]
         return {c: np.array([r[c] for r in rows]) for c in ENCODE_COLUMNS}

@@ -49,8 +49,8 @@ from selma_ray import layout
 from selma_ray.training.components import Components, load_components
 from selma_ray.training.data import (
     files_hash,
-    load_pairs,
-    split_holdout,
+    job_holdout,
+    load_job_pairs,
     subseed,
     validation_slice,
 )
@@ -326,9 +326,11 @@ class _Trainer:
         world_size: int,
         rank: int,
         model_cache_dir: str | None,
+        sources: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
         self.skill = skill
+        self.sources = tuple(sources)
         self.run_dir = run_dir
         self.base_model = base_model
         self.seed = seed
@@ -359,8 +361,8 @@ class _Trainer:
 
     def _load_pairs(self) -> tuple[list[Pair], list[Pair]]:
         """Read the skill's pairs; returns the (train, held-out) split of them."""
-        self.pairs, self.skipped = load_pairs(self.run_dir, self.skill)
-        split = split_holdout(self.pairs, self.cfg.validation_fraction, self.seed)
+        self.pairs, self.skipped = load_job_pairs(self.run_dir, self.skill, self.sources)
+        split = job_holdout(self.pairs, self.cfg.validation_fraction, self.seed, self.sources)
         self.image_models = sorted({p.model for p in self.pairs if p.model})
         self.files_hash = files_hash(self.pairs)
         return split
@@ -743,12 +745,16 @@ def train_expert(
     world_size: int = 1,
     rank: int = 0,
     model_cache_dir: str | None = None,
+    sources: Sequence[str] = (),
 ) -> ExpertResult:
     """Train the LoRA expert of ``skill`` on its imagefolder and export the best step.
 
     ``cache_dir``: URI of the encoded-input cache (default: the skill's, in the run directory:
     :func:`~selma_ray.training.store.cache_uri`).
     ``model_cache_dir``: where ``tiny:*`` base models are built (default ``$SELMA_RAY_CACHE``).
+    ``sources``: train on the union of these skills' pairs instead of ``skill``'s own (the
+    joint multi-skill baseline, saved as the expert ``skill``; see
+    :func:`~selma_ray.training.data.load_job_pairs`).
     ``device``: default CUDA when available. Mixed precision and gradient checkpointing apply
     on CUDA only. See the module docstring for determinism, sharding and reporting.
     """
@@ -769,6 +775,7 @@ def train_expert(
         world_size=world_size,
         rank=rank,
         model_cache_dir=model_cache_dir,
+        sources=sources,
     )
     if resume is not None:
         trainer.resume_from(resume)
@@ -883,6 +890,7 @@ def _expert_meta(trainer: _Trainer, cfg: TrainConfig, seconds: float) -> dict[st
     """The expert's metadata: what it was trained on and how, its curves and the chosen step."""
     return {
         "skill": trainer.skill,
+        "sources": list(trainer.sources) or [trainer.skill],
         "base_model": trainer.base_model,
         "base_model_kind": trainer.comps.kind,
         "image_model": trainer.image_models[0] if len(trainer.image_models) == 1 else None,

@@ -5,7 +5,9 @@ are skipped. For the rest, the input caches are first encoded by a map of
 :class:`~selma_ray.training.encoder.CacheEncoder` over the skills on the executor
 (``train.cache_inputs``, on ``train.cache_pool``; a summary goes to the cache summary file),
 then the executor trains one expert per skill (on Ray: all at once on Ray Train), each resuming
-from its own latest checkpoint.
+from its own latest checkpoint. With ``train.joint``, one more job trains the paper's joint
+baseline beside them: the expert :data:`~selma_ray.layout.JOINT`, one LoRA on the union of every
+skill's pairs with the same recipe, steps and held-out prompts (each skill's own split).
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ def train_storage_path(cfg: SelmaConfig, run_dir: RunDir) -> str:
     return cfg.train.storage_path or run_dir.url(*layout.train_dir())
 
 
+def job_names(cfg: SelmaConfig) -> list[str]:
+    """The experts stage's jobs: one per skill, then the joint baseline with ``train.joint``."""
+    skills = [s.name for s in cfg.prompts.skills]
+    return [*skills, layout.JOINT] if cfg.train.joint else skills
+
+
+def job_sources(cfg: SelmaConfig, name: str) -> tuple[str, ...]:
+    """The skills whose pairs job ``name`` trains on (empty: its own)."""
+    return tuple(s.name for s in cfg.prompts.skills) if name == layout.JOINT else ()
+
+
 def expert_jobs(cfg: SelmaConfig, run_dir: RunDir, skills: list[str]) -> list[ExpertJob]:
     storage = train_storage_path(cfg, run_dir)
     return [
@@ -44,14 +57,16 @@ def expert_jobs(cfg: SelmaConfig, run_dir: RunDir, skills: list[str]) -> list[Ex
             storage_path=storage,
             model_cache_dir=cfg.storage.cache_dir,
             seed=cfg.seed,
+            sources=job_sources(cfg, skill),
         )
         for skill in skills
     ]
 
 
 def run_experts_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dict[str, Any]:
-    """Train the experts that are not finished; returns per-skill expert metadata."""
-    skills = [s.name for s in cfg.prompts.skills]
+    """Train the experts (and the joint baseline) that are not finished; returns per-job
+    expert metadata."""
+    skills = job_names(cfg)
     todo = [s for s in skills if not expert_done(run_dir, s)]
     if todo:
         if cfg.train.cache_inputs:
@@ -82,7 +97,7 @@ def encode_caches(
     )
     try:
         out = executor.map_rows(
-            [{"skill": s} for s in skills],
+            [{"skill": s, "sources": ",".join(job_sources(cfg, s))} for s in skills],
             CacheEncoder,
             fn_kwargs={
                 "train": cfg.train,

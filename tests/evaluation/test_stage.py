@@ -362,6 +362,7 @@ def _assert_tifa_recomputes(tifa: dict, chosen: list, answers: pd.DataFrame, n: 
         "by_element_type": _rounded(expected.by_element_type),
         "n_items": n,
         "n_missing": 0,
+        "items": {s.item_id: round(100 * s.accuracy, 4) for s in expected.item_scores},
     }
 
 
