@@ -67,15 +67,20 @@ def _run_prompts(ctx: StageContext) -> StageResult:
     from selma_ray.prompts.engines import make_engine
     from selma_ray.prompts.stage import generate_prompts, shortfalls
 
+    # skills with data (existing pairs) get no prompts: the images stage imports their pairs
+    generated = [s for s in ctx.cfg.prompts.skills if s.data is None]
+    if not generated:
+        return StageResult(counts={})
+    pcfg = ctx.cfg.prompts.model_copy(update={"skills": generated})
     engine = make_engine(
-        ctx.cfg.prompts,
+        pcfg,
         seed=ctx.cfg.seed,
         cache_dir=ctx.cfg.storage.cache_dir,
         executor=ctx.executor,
     )
     try:
         stats = generate_prompts(
-            ctx.cfg.prompts, ctx.run_dir, engine, seed=ctx.cfg.seed, progress=ctx.progress
+            pcfg, ctx.run_dir, engine, seed=ctx.cfg.seed, progress=ctx.progress
         )
     finally:
         engine.close()
@@ -121,7 +126,9 @@ STAGES: list[Stage] = [
         sections=("prompts",),
         outputs=layout.STAGE_OUTPUTS["prompts"],
         run=_run_prompts,
-        needs_ray=lambda cfg: cfg.prompts.engine == "vllm",
+        needs_ray=lambda cfg: (
+            cfg.prompts.engine == "vllm" and any(s.data is None for s in cfg.prompts.skills)
+        ),
     ),
     Stage(
         name="images",

@@ -176,6 +176,8 @@ def check_config(
     if "experts" in stages and base_ref not in bad_refs:
         found.extend(_check_trainable(base_field, base_ref, cfg.storage.cache_dir, hf_cache_dir))
     found.extend(_check_counts(cfg, stages))
+    if "images" in stages:
+        found.extend(_check_skill_data(cfg))
     found.extend(_check_writable("--run-dir", run_dir))
     if "experts" in stages and cfg.train.storage_path:
         found.extend(_check_writable("train.storage_path", cfg.train.storage_path))
@@ -531,6 +533,23 @@ def _check_local_file(fld: str, uri: str) -> Findings:
         path = os.path.expanduser(uri.removeprefix("file://"))
         if not os.path.isfile(path):
             found.errors.append(Problem(fld, f"{uri!r} does not exist", "give an existing file"))
+    return found
+
+
+def _check_skill_data(cfg: SelmaConfig) -> Findings:
+    """Each skill's ``data`` (existing pairs) is there and of a format it can be read as."""
+    from selma_ray.images.pairs import detect_format
+
+    found = Findings()
+    for i, skill in enumerate(cfg.prompts.skills):
+        if skill.data is None:
+            continue
+        try:
+            detect_format(skill.data)
+        except (OSError, ValueError) as e:
+            found.errors.append(
+                Problem(f"prompts.skills[{i}].data", str(e).rstrip("."), "fix data.uri")
+            )
     return found
 
 

@@ -8,8 +8,9 @@ follow the SELMA paper; the seed captions are the public dataset captions the pa
 from __future__ import annotations
 
 import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from selma_ray.layout import JOINT
 
@@ -19,15 +20,54 @@ _COMMON_RULES = (
 )
 
 
+class SkillData(BaseModel):
+    """Existing image-text pairs a skill's expert learns from instead of generated ones (the
+    paper's ground-truth comparison): stages 1-2 import them, the rest of SELMA is unchanged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str = Field(
+        description=(
+            "Where the pairs are, on any fsspec filesystem: an imagefolder (a folder with "
+            "metadata.jsonl or metadata.csv), Parquet (a file or a folder of them) or "
+            "WebDataset (a .tar shard, a folder of them or a glob)."
+        )
+    )
+    format: Literal["auto", "imagefolder", "parquet", "webdataset"] = Field(
+        "auto", description="auto: from the file extension or the folder's contents."
+    )
+    image_column: str | None = Field(
+        None,
+        description=(
+            "Column / key of the image. Defaults: imagefolder file_name, parquet image (bytes "
+            "or a datasets Image struct), webdataset the first of jpg, jpeg, png, webp."
+        ),
+    )
+    text_column: str | None = Field(
+        None, description="Column / key of the caption. Defaults: text (webdataset: txt)."
+    )
+    max_pairs: int | None = Field(None, ge=1, description="Import at most this many pairs.")
+
+
 class Skill(BaseModel):
-    """One skill: the instruction given to the prompt-writing LLM and its seed captions."""
+    """One skill: the instruction given to the prompt-writing LLM and its seed captions, or
+    the existing image-text pairs (``data``) its expert learns from instead."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Identifier used in file names and expert names ([a-z0-9_-]).")
-    instruction: str = Field(description="What kind of prompts to write, in plain words.")
+    instruction: str = Field(
+        "", description="What kind of prompts to write, in plain words (not with data)."
+    )
     word_limit: int = Field(30, ge=3, le=200, description="Prompts longer than this are dropped.")
-    seeds: tuple[str, ...] = Field(description="Seed captions shown as examples (>= 1).")
+    seeds: tuple[str, ...] = Field((), description="Seed captions shown as examples (>= 1).")
+    data: SkillData | None = Field(
+        None,
+        description=(
+            "Ground-truth pairs instead of generated ones: a URI or {uri, format, image_column, "
+            "text_column, max_pairs}; the prompts and images stages then import them."
+        ),
+    )
     max_count: int | None = Field(
         None, ge=1, description="Largest count a prompt may ask for (counting skills)."
     )
@@ -62,6 +102,21 @@ class Skill(BaseModel):
             msg = "a skill needs at least one non-empty seed caption to show the LLM"
             raise ValueError(msg)
         return seeds
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data_uri(cls, v: Any) -> Any:
+        return {"uri": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _prompts_or_data(self) -> Skill:
+        if self.data is None and not self.instruction:
+            msg = f"skill {self.name!r}: give an instruction and seeds, or data (existing pairs)"
+            raise ValueError(msg)
+        if self.data is None and not self.seeds:
+            msg = "a skill needs at least one non-empty seed caption to show the LLM"
+            raise ValueError(msg)
+        return self
 
 
 BUILTIN_SKILLS: dict[str, Skill] = {

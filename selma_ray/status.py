@@ -171,15 +171,16 @@ def _run_config(rd: RunDir) -> Any:
 def _progress(rd: RunDir, cfg: Any, stage: str) -> tuple[int | None, int | None, str]:
     """(done, planned, unit) of a running stage, counted from its outputs so far."""
     skills = [s.name for s in cfg.prompts.skills]
+    drawn = [s.name for s in cfg.prompts.skills if s.data is None]  # data skills: imported
     try:
         if stage == "prompts":
-            done = sum(_lines(rd, layout.prompts_file(s)) for s in skills)
-            return done, cfg.prompts.num_prompts * len(skills), "prompts"
+            done = sum(_lines(rd, layout.prompts_file(s)) for s in drawn)
+            return done, cfg.prompts.num_prompts * len(drawn), "prompts"
         if stage == "images":
-            planned = sum(_lines(rd, layout.prompts_file(s)) for s in skills)
+            planned = sum(_lines(rd, layout.prompts_file(s)) for s in drawn)
             done = sum(
                 sum(1 for n in _listdir(rd, layout.images_dir(s)) if n != layout.METADATA_FILE)
-                for s in skills
+                for s in drawn
             )
             return done, planned * cfg.images.images_per_prompt, "images"
         if stage == "experts":

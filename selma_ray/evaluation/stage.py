@@ -108,7 +108,15 @@ def select_items(
                 continue
             out[name] = round_robin(load_tifa(ecfg.tifa_path).items, ecfg.max_items)
         elif name == "skills":
-            skills = [s.name for s in cfg.prompts.skills]
+            skills = [s.name for s in cfg.prompts.skills if s.data is None]
+            given = [s.name for s in cfg.prompts.skills if s.data is not None]
+            if given:
+                notes.append(
+                    f"skills: {', '.join(given)} learned from existing pairs (data): no "
+                    "generated prompts with DSG questions to hold out"
+                )
+            if not skills:
+                continue
             bench = load_skill_prompts(run_dir, skills)
             held: set[str] = set()
             for skill in skills:

@@ -8,6 +8,9 @@ image_index, seed, model``, sorted by prompt id and index) is written from the p
 ``images/stats.json`` with the counts. The stage ends by checking that each skill folder holds
 exactly the planned image files, naming any that are missing or unexpected.
 
+A skill with ``data`` (existing image-text pairs) is imported instead of drawn
+(:func:`selma_ray.images.pairs.import_skill`): same folder, same metadata columns.
+
 Outputs load with ``datasets.load_dataset("imagefolder", data_dir=<run dir>/images/<skill>)``.
 The model recorded is ``images.model`` (which may differ from ``train.base_model``:
 weak-to-strong).
@@ -37,7 +40,8 @@ class ImagesIncompleteError(RuntimeError):
 
 
 def skill_names(cfg: SelmaConfig) -> list[str]:
-    return [s.name for s in cfg.prompts.skills]
+    """The skills whose prompts stage 2 draws (a skill with ``data`` is imported instead)."""
+    return [s.name for s in cfg.prompts.skills if s.data is None]
 
 
 def load_prompt_rows(run_dir: RunDir, skill: str) -> list[dict[str, Any]]:
@@ -144,8 +148,14 @@ def _names(names: list[str], limit: int = 10) -> str:
 
 
 def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dict[str, Any]:
-    """Draw every planned image not yet on storage, write metadata + stats; counts per skill."""
+    """Draw every planned image not yet on storage (import the skills with ``data``), write
+    metadata + stats; counts per skill."""
+    from selma_ray.images.pairs import import_skill
+
     t0 = time.perf_counter()
+    imported = {
+        s.name: import_skill(run_dir, s.name, s.data) for s in cfg.prompts.skills if s.data
+    }
     planned = plan(cfg, run_dir)
     todo: list[dict[str, Any]] = []
     existing: dict[str, int] = {}
@@ -185,6 +195,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
     for skill, rows in planned.items():
         run_dir.write_jsonl(metadata_rows(rows, cfg.images.model), *images_metadata(skill))
     counts = {skill: len(rows) for skill, rows in planned.items()}
+    counts.update({skill: info["pairs"] for skill, info in imported.items()})
     stats = {
         "model": cfg.images.model,
         "images_per_prompt": cfg.images.images_per_prompt,
@@ -202,6 +213,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
             }
             for skill, rows in planned.items()
         },
+        "imported": imported,
         "truncated_prompts": truncated,
         "draw_seconds": round(draw_seconds, 3),
         "seconds": round(time.perf_counter() - t0, 3),
