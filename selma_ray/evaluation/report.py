@@ -6,7 +6,8 @@ writes one HTML file with everything inlined as ``data:`` URIs: the paper's comp
 (:mod:`selma_ray.evaluation.table`, also written as ``eval/table.md`` / ``.csv``), a metrics
 table per variant and
 category (with merged - base), the per-skill merged - base chart and the skill matrix with
-bootstrap intervals (:mod:`selma_ray.evaluation.views`), an image grid per skill/benchmark
+bootstrap intervals (:mod:`selma_ray.evaluation.views`), the human side-by-side win rates
+when the run has votes (:mod:`selma_ray.evaluation.votes`), an image grid per skill/benchmark
 category x variant with the prompts, and the training / validation loss curves (matplotlib
 when installed, else PIL). A run on tiny random models says so at the top.
 """
@@ -34,6 +35,7 @@ from selma_ray.evaluation.views import (
     skill_matrix,
     skill_matrix_html,
 )
+from selma_ray.evaluation.votes import human_ratings_html
 from selma_ray.storage import RunDir
 
 THUMB = 96
@@ -310,6 +312,7 @@ Differences are paired over the items both models were scored on.</p>
 <p>An expert that specialises scores best on its own skill (outlined); the best variant per
 skill is in bold.</p>
 {skill_matrix_html(skill_matrix(report))}
+{human_ratings_html(rd)}
 <h2>Loss curves</h2>
 <div class="curves">{plots or "<p>no expert curves</p>"}</div>
 <h2>Images</h2>

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from selma_ray.layout import images_dir, images_metadata
+from selma_ray.layout import METADATA_FILE, images_dir, images_metadata
 from selma_ray.skills import SkillData
 from selma_ray.storage import RunDir
 
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 __all__ = ["RawPair", "detect_format", "import_skill", "read_pairs"]
 
 _WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+#: An imagefolder's metadata: the run's own file name (JSON lines), or its CSV form.
+_METADATA_CSV = "metadata.csv"
 _FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 
 
@@ -68,7 +70,7 @@ def detect_format(data: SkillData) -> str:
         msg = f"data {data.uri!r}: not found (give a folder, a .parquet file or .tar shards)"
         raise FileNotFoundError(msg)
     names = {posixpath.basename(p) for p in fs.ls(path, detail=False)}
-    if {"metadata.jsonl", "metadata.csv"} & names:
+    if {METADATA_FILE, _METADATA_CSV} & names:
         return "imagefolder"
     if any(n.endswith(".parquet") for n in names):
         return "parquet"
@@ -95,12 +97,12 @@ def _imagefolder(data: SkillData) -> Iterator[RawPair]:
     fs, root = _fs(data.uri.rstrip("/"))
     image_col = data.image_column or "file_name"
     text_col = data.text_column or "text"
-    jsonl = posixpath.join(root, "metadata.jsonl")
+    jsonl = posixpath.join(root, METADATA_FILE)
     if fs.exists(jsonl):
         with fs.open(jsonl, "r") as f:
             rows = [json.loads(line) for line in f if line.strip()]
     else:
-        with fs.open(posixpath.join(root, "metadata.csv"), "r", newline="") as f:
+        with fs.open(posixpath.join(root, _METADATA_CSV), "r", newline="") as f:
             rows = list(csv.DictReader(f))
     for n, row in enumerate(rows, start=1):
         name = row.get(image_col)

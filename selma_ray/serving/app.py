@@ -8,7 +8,9 @@ model deployment; tests and single-process servers pass :meth:`PipelineWorker.ge
 <selma_ray.serving.model.PipelineWorker.generate>` or a fake.
 
 Routes: ``POST /v1/images/generations``, ``GET /v1/models``, ``GET /v1/models/{id}`` and
-``GET /healthz`` (no auth, for load-balancer probes). Every error is OpenAI's JSON shape
+``GET /healthz`` (no auth, for load-balancer probes); with ``settings.compare``, the human
+side-by-side rating page and its routes under ``/compare`` (:mod:`selma_ray.serving.compare`).
+Every error is OpenAI's JSON shape
 (:func:`~selma_ray.serving.api.error_body`), never a stack trace.
 
 What a backend raises and what the client gets (:func:`await_generation`):
@@ -55,6 +57,7 @@ from selma_ray.serving.api import (
 
 if TYPE_CHECKING:
     from selma_ray.config import ServeConfig
+    from selma_ray.evaluation.votes import CompareSettings
     from selma_ray.serving.model import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -97,10 +100,16 @@ class AppSettings:
     defaults: Defaults = field(default_factory=Defaults)
     request_timeout_s: float = 60.0
     auth_digest: str | None = None
+    #: The run whose eval images the ``/compare`` page offers for rating; None: no such page.
+    compare: CompareSettings | None = None
 
     @classmethod
     def from_spec(
-        cls, spec: ModelSpec, serve: ServeConfig, auth_digest: str | None = None
+        cls,
+        spec: ModelSpec,
+        serve: ServeConfig,
+        auth_digest: str | None = None,
+        compare: CompareSettings | None = None,
     ) -> AppSettings:
         """The variants of ``spec`` under the limits and timeout of a ``serve`` section."""
         return cls(
@@ -111,6 +120,7 @@ class AppSettings:
             defaults=spec.defaults,
             request_timeout_s=serve.request_timeout_s,
             auth_digest=auth_digest,
+            compare=compare,
         )
 
 
@@ -168,6 +178,7 @@ def create_app(generate: Generate, settings: AppSettings) -> FastAPI:
     app = FastAPI(title="selma-ray images API", docs_url=None, redoc_url=None, openapi_url=None)
     variants = list(settings.variants)
     created = int(time.time())
+    routes = _ROUTES + (", GET /compare" if settings.compare is not None else "")
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -178,7 +189,7 @@ def create_app(generate: Generate, settings: AppSettings) -> FastAPI:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         message = f"{request.method} {request.url.path}: {exc.detail}"
         if exc.status_code == 404:
-            message += f"; routes: {_ROUTES}"
+            message += f"; routes: {routes}"
         body = error_body(message, type=kind, code=str(exc.status_code))
         return JSONResponse(body, status_code=exc.status_code)
 
@@ -219,4 +230,8 @@ def create_app(generate: Generate, settings: AppSettings) -> FastAPI:
         images = await await_generation(generate(job), settings.request_timeout_s, job.variant)
         return JSONResponse(images_body(images, job.seeds, int(time.time())))
 
+    if settings.compare is not None:
+        from selma_ray.serving.compare import add_compare_routes
+
+        add_compare_routes(app, settings.compare, auth)
     return app

@@ -13,12 +13,18 @@ Shape of the arguments (unknown ones are refused, naming the field)::
     device: cuda:1                    # replica-only settings, not part of ServeConfig
     dtype: float16
     torch_threads: 4
+    compare_pairs: merged:base,merged:joint   # variant pairs of the /compare rating page
 
 Dotted keys are the same thing flattened (``serve.pool.max_size=2``), which is how
 ``serve run <import path> key=value`` and ``selma-ray serve --arg key=value`` pass them.
 Overrides are validated by :class:`~selma_ray.config.ServeConfig` itself: a field's type and
 range when the arguments are parsed, the whole section (e.g. ``pool.min_size <= max_size``)
 once it is merged over the run's. ``serve.auth_token_env: ''`` turns auth off.
+
+The ``/compare`` rating page (:mod:`selma_ray.serving.compare`) offers the run's eval images;
+``compare_pairs`` picks the variant pairs (default: merged against every other variant, see
+:func:`~selma_ray.evaluation.votes.default_pairs`), ``compare_pairs: ''`` turns the page off.
+A pair naming a variant the run's ``eval/report.json`` lacks is refused here.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from selma_ray import layout
 from selma_ray.config import (
     RENAMED_KEYS,
     ConfigError,
@@ -39,6 +46,7 @@ from selma_ray.config import (
     ServeConfig,
     deep_merge,
 )
+from selma_ray.evaluation.votes import CompareSettings, Comparisons, NoEvalResults, parse_pairs
 from selma_ray.serving.api import token_digest
 from selma_ray.serving.app import AppSettings
 from selma_ray.serving.model import ModelSpec, discover_variants, load_run_config
@@ -81,6 +89,24 @@ class ServeArgs(BaseModel):
             "unchanged."
         ),
     )
+    compare_pairs: str | list[str] | None = Field(
+        None,
+        description=(
+            "Variant pairs of the /compare rating page, FIRST:SECOND comma-separated (e.g. "
+            "merged:base,merged:joint); None = merged against every other eval variant; "
+            "'' = no /compare page."
+        ),
+    )
+
+    @field_validator("compare_pairs")
+    @classmethod
+    def _pairs(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value:
+            try:
+                parse_pairs(value)
+            except ValueError as e:  # the error line names the argument already
+                raise ValueError(str(e).removeprefix("compare_pairs: ")) from None
+        return value
 
     @classmethod
     def parse(cls, args: Mapping[str, Any] | ServeArgs | None) -> ServeArgs:
@@ -221,7 +247,24 @@ def resolve(args: Mapping[str, Any] | ServeArgs | None) -> ServePlan:
             "reach the port can generate images",
             serve.host,
         )
-    return ServePlan(a, serve, spec, run, AppSettings.from_spec(spec, serve, digest))
+    compare = _compare_settings(a, rd, run)
+    return ServePlan(a, serve, spec, run, AppSettings.from_spec(spec, serve, digest, compare))
+
+
+def _compare_settings(a: ServeArgs, rd: RunDir, run: SelmaConfig) -> CompareSettings | None:
+    """The ``/compare`` page's settings (None when ``compare_pairs`` is ''), checked against
+    the run's eval results when it has them (without, the page answers 404 until it does)."""
+    if a.compare_pairs == "" or a.compare_pairs == []:
+        return None
+    settings = CompareSettings(rd.uri, run.seed, parse_pairs(a.compare_pairs))
+    if rd.exists(*layout.eval_report()):
+        try:
+            Comparisons(settings).candidates  # noqa: B018 - reads the report, checks the pairs
+        except NoEvalResults as e:
+            log.warning("/compare: %s", e)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    return settings
 
 
 def _auth_digest(cfg: ServeConfig) -> str | None:
