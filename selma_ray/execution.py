@@ -10,6 +10,10 @@ names. Stage 3 hands over one :class:`ExpertJob` per skill the same way.
   Ray; a ``memory://`` run directory works with it.
 - ``selma_ray.distributed.RayExecutor``: Ray Data actor pools and Ray Train, the same calls.
 
+``map_rows`` starts its workers for the one call; :meth:`Executor.open_pool` keeps them for
+several (:class:`RowPool`), for a stage whose later inputs depend on earlier outputs and whose
+workers are slow to start (stage 1's vLLM engines, one map per self-instruct round).
+
 The pipeline picks the executor (``ray.executor``); tests pass one in.
 """
 
@@ -19,6 +23,7 @@ import logging
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
@@ -66,10 +71,53 @@ class Executor(Protocol):
         """
         ...
 
+    def open_pool(self, fn_cls: type, *, fn_kwargs: dict[str, Any], pool: ActorPool) -> RowPool:
+        """Workers of ``fn_cls(**fn_kwargs)`` that live until the pool is closed, for many
+        :meth:`RowPool.map` calls (use it as a context manager, or call ``close()``). Sizes,
+        resources and fault tolerance are ``pool``'s, as for :meth:`map_rows`."""
+        ...
+
     def train_experts(self, jobs: list[ExpertJob]) -> None:
         """Train every job's expert (resuming from its latest checkpoint); raise naming the
         skills that failed after every job has ended."""
         ...
+
+
+class RowPool:
+    """Long-lived workers of one callable class, opened by :meth:`Executor.open_pool`.
+
+    :meth:`map` is :meth:`Executor.map_rows` (without ``whole_tasks``) on workers that are
+    already running: a worker's ``fn_cls`` instance serves every later map. :meth:`close`
+    releases the workers, first calling the instance's own ``close()`` when it has one; it is
+    safe to call twice. Subclasses implement both.
+    """
+
+    def map(self, rows: list[dict[str, Any]], *, rows_per_task: int) -> list[dict[str, Any]]:
+        """``rows`` in tasks of at most ``rows_per_task`` rows over the workers; every output
+        row, values as Python scalars, in no guaranteed order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> RowPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def close_instance(fn: Any) -> None:
+    """Call ``fn.close()`` when the instance has one (a worker's model releasing what it
+    holds, e.g. an engine's processes)."""
+    close = getattr(fn, "close", None)
+    if callable(close):
+        close()
 
 
 # --------------------------------------------------------------------------- batches
@@ -134,10 +182,13 @@ class InProcessExecutor:
         if whole_tasks:
             rows_per_task, _ = task_plan(len(rows), rows_per_task, pool.max_size)
         fn = fn_cls(**fn_kwargs)
-        out: list[dict[str, Any]] = []
-        for start in range(0, len(rows), rows_per_task):
-            out.extend(batch_to_rows(fn(rows_to_batch(rows[start : start + rows_per_task]))))
-        return out
+        return map_in_process(fn, rows, rows_per_task)
+
+    def open_pool(
+        self, fn_cls: type, *, fn_kwargs: dict[str, Any], pool: ActorPool
+    ) -> InProcessPool:
+        """One ``fn_cls`` instance, built now, for every map until closed."""
+        return InProcessPool(fn_cls(**fn_kwargs))
 
     def train_experts(self, jobs: list[ExpertJob]) -> None:
         from selma_ray.layout import train_run_name
@@ -166,6 +217,31 @@ class InProcessExecutor:
                 log.exception("expert %s failed", job.skill)
                 errors[job.skill] = e
         raise_expert_failures(errors, len(jobs))
+
+
+def map_in_process(fn: Any, rows: list[dict[str, Any]], rows_per_task: int) -> list[dict[str, Any]]:
+    """``fn`` over ``rows`` in order, ``rows_per_task`` rows a call."""
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(rows), rows_per_task):
+        out.extend(batch_to_rows(fn(rows_to_batch(rows[start : start + rows_per_task]))))
+    return out
+
+
+class InProcessPool(RowPool):
+    """One instance in this process, kept across maps (:meth:`InProcessExecutor.open_pool`)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn: Any = fn
+
+    def map(self, rows: list[dict[str, Any]], *, rows_per_task: int) -> list[dict[str, Any]]:
+        if self.fn is None:
+            raise RuntimeError("map on a closed pool")
+        return map_in_process(self.fn, rows, rows_per_task)
+
+    def close(self) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            close_instance(fn)
 
 
 def raise_expert_failures(errors: dict[str, BaseException], n_jobs: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from selma_ray.config import ActorPool, load_config
 from selma_ray.execution import InProcessExecutor, batch_to_rows, rows_to_batch
@@ -43,6 +44,22 @@ def test_map_rows_loads_once_and_maps_batches_in_order():
         whole_tasks=True,
     )
     assert [r["n"] for r in out] == [2] * 6 + [1]
+
+
+def test_open_pool_keeps_one_instance_until_closed():
+    Doubler.instances = 0
+    rows = [{"x": i, "name": f"r{i}"} for i in range(5)]
+    pool = InProcessExecutor().open_pool(
+        Doubler, fn_kwargs={"factor": 2}, pool=ActorPool(max_size=4)
+    )
+    with pool:
+        for _ in range(3):
+            out = pool.map(rows, rows_per_task=2)
+            assert [r["x"] for r in out] == [2 * i for i in range(5)]
+            assert [r["n"] for r in out] == [2, 2, 2, 2, 1]
+    assert Doubler.instances == 1
+    with pytest.raises(RuntimeError, match="closed pool"):
+        pool.map(rows, rows_per_task=2)
 
 
 def test_rows_and_batches_round_trip():

@@ -1,4 +1,5 @@
-"""The Ray executor: the stage cores' rows on Ray Data actor pools, experts on Ray Train.
+"""The Ray executor: the stage cores' rows on Ray Data actor pools (or on long-lived actors,
+:mod:`~selma_ray.distributed.pools`), experts on Ray Train.
 
 Implements :class:`selma_ray.execution.Executor`; the pipeline hands it to every stage when the
 run uses Ray (``ray.executor: ray``, the default), inside :func:`ray_session`.
@@ -6,10 +7,13 @@ run uses Ray (``ray.executor: ray``, the default), inside :func:`ray_session`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selma_ray.config import ActorPool
 from selma_ray.execution import ExpertJob
+
+if TYPE_CHECKING:
+    from selma_ray.distributed.pools import RayActorPool
 
 
 class RayExecutor:
@@ -59,6 +63,18 @@ class RayExecutor:
             )
         finally:
             ctx.enable_progress_bars = saved
+
+    def open_pool(
+        self, fn_cls: type, *, fn_kwargs: dict[str, Any], pool: ActorPool
+    ) -> RayActorPool:
+        """Ray actors that live until the pool is closed
+        (:class:`~selma_ray.distributed.pools.RayActorPool`)."""
+        from selma_ray.distributed.pools import RayActorPool
+
+        _refuse_process_local(fn_kwargs)
+        if self.quiet:
+            route_ray_logs()
+        return RayActorPool(fn_cls, fn_kwargs=fn_kwargs, pool=pool, cpu_fallback=self.cpu_fallback)
 
     def train_experts(self, jobs: list[ExpertJob]) -> None:
         from selma_ray.distributed.train import train_experts

