@@ -154,6 +154,14 @@ class VllmEngineConfig(Section):
         json_schema_extra=RUNTIME,
     )
 
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _engine_restarts(cls, v: Any) -> Any:
+        # a pool given in part (a preset's {gpus: 1}) keeps the engines' default of 2 restarts
+        if isinstance(v, dict) and "max_restarts" not in v:
+            return {**v, "max_restarts": 2}
+        return v
+
     @field_validator("engine_kwargs")
     @classmethod
     def _no_shadowed_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -313,10 +321,10 @@ class ImagesConfig(Section):
         True,
         description=(
             "Denoise each image in its own UNet call, so its bytes depend on nothing but its "
-            "prompt and seed; False draws images_per_call images per call, padding short batches "
-            "to that size: several times faster on a GPU (see the README), byte-identical "
-            "across batch plans on the CPU but not on GPUs (where kernels depend on a sample's "
-            "position in the batch)."
+            "prompt and seed; False draws the groups of a fixed batch plan (each skill's images "
+            "cut into groups of images_per_call, padded to that size): several times faster on "
+            "a GPU, and the same bytes whatever the actor count, retries and resumes, since "
+            "a group is always drawn whole in the same positions (see the README)."
         ),
     )
 
@@ -412,6 +420,15 @@ class EvalConfig(Section):
     tifa_path: str | None = Field(None, description="TIFA v1.0 question file (JSON).")
     vqa_model: str = Field("tiny:vqa", description="VQA / image-text-to-text model id or path.")
     clip_model: str | None = Field("tiny:clip", description="CLIP model for CLIPScore; None = off.")
+    preference_models: dict[Literal["pickscore", "imagereward", "hps"], str] = Field(
+        default_factory=dict,
+        description=(
+            "Human-preference scorers run on every variant's images: kind -> model reference "
+            "(pickscore: yuvalkirstain/PickScore_v1; imagereward: THUDM/ImageReward; hps: "
+            "xswu/HPSv2/HPS_v2_compressed.pt, an owner/repo[/file] id, a directory or a tiny: "
+            "stand-in); empty = none, a kind set to null = that one off."
+        ),
+    )
     answer_matcher: str | None = Field(
         None,
         description=(
@@ -433,6 +450,17 @@ class EvalConfig(Section):
     rows_per_task: int = Field(
         8, ge=1, description="Rows one scorer task takes.", json_schema_extra=RUNTIME
     )
+
+    @field_validator("preference_models", mode="before")
+    @classmethod
+    def _drop_unset_preference_models(cls, v: Any) -> Any:
+        # null turns a kind (or, for the whole mapping, every kind) off: a --set cannot
+        # remove a key from the preset's mapping otherwise
+        if v is None:
+            return {}
+        if isinstance(v, dict):
+            return {k: ref for k, ref in v.items() if ref is not None}
+        return v
 
 
 # --------------------------------------------------------------------------- serving

@@ -210,6 +210,11 @@ def eval_answer_parts(*name: str) -> Parts:
     return (EVAL, "answers", *name)
 
 
+def eval_plan() -> Parts:
+    """What the eval stage will do (images to draw, questions to answer): its progress total."""
+    return (EVAL, "plan.json")
+
+
 def eval_stats() -> Parts:
     """What the last eval run asked the VQA model and what it found answered before."""
     return (EVAL, STATS_FILE)

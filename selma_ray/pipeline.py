@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +28,14 @@ from selma_ray.config import ConfigError, SelmaConfig, fingerprint_hash
 from selma_ray.execution import Executor, InProcessExecutor
 from selma_ray.preflight import preflight, preflight_resources
 from selma_ray.rehearsal import describe as describe_rehearsal
-from selma_ray.runlog import FILE_ONLY, driver_log
-from selma_ray.status import Heartbeat
+from selma_ray.runlog import FILE_ONLY, console_stream, driver_log, is_quiet, quiet_libraries
+from selma_ray.status import Heartbeat, LiveProgress
 from selma_ray.storage import Manifest, RunDir, check_storage
 
 log = logging.getLogger(__name__)
+
+#: Stages whose console shows a live bar of their outputs (prompts draws its own, per skill).
+_LIVE_BARS = ("images", "experts", "eval")
 
 
 class ConfigChangedError(ConfigError):
@@ -217,6 +220,7 @@ def run_pipeline(
     if "all" in redo:
         redo = [s.name for s in selected]
     select_stages(list(redo))  # validates names
+    quiet_libraries()  # the checks may load or build models: their output is not the console's
     preflight(cfg, uri, [s.name for s in selected])  # bad input: refused before any work
     rd = RunDir(uri)
     manifest = Manifest(rd)
@@ -250,8 +254,10 @@ def run_pipeline(
             log.info("stage %s: running", stage.name)
             manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))
             t0 = time.perf_counter()
+            bar = LiveProgress(rd, cfg, stage.name, console_stream() if progress else None)
             try:
-                result = stage.run(ctx)
+                with bar if stage.name in _LIVE_BARS else nullcontext():
+                    result = stage.run(ctx)
             except BaseException as e:
                 summary.failed = stage.name
                 manifest.fail(stage.name, f"{type(e).__name__}: {e}", time.perf_counter() - t0)
@@ -301,7 +307,7 @@ def _start_executor(cfg: SelmaConfig, stack: ExitStack, *, progress: bool) -> Ex
 
     stack.enter_context(ray_session(cfg.ray))
     return RayExecutor(
-        progress=progress,
+        progress=progress and not is_quiet(),  # quiet: the run's own bars, not Ray Data's
         cpu_fallback=cfg.ray.cpu_fallback or cfg.rehearse,
         quiet=not cfg.ray.log_to_driver,
     )

@@ -28,6 +28,8 @@ MODEL_FIELDS: tuple[tuple[str, str], ...] = (
     ("eval", "clip_model"),
     ("eval", "answer_matcher"),
 )
+#: Fields mapping a name to a model id (each id replaced): (section path, field).
+MODEL_MAP_FIELDS: tuple[tuple[str, str], ...] = (("eval", "preference_models"),)
 
 #: Upper bounds (counts, steps, sizes) and fixed values (devices, dtypes) of a rehearsal,
 #: as dotted field -> ("max", n) | ("set", value).
@@ -107,6 +109,19 @@ def _replace_models(out: dict[str, Any], stand_ins: dict[str, str]) -> dict[str,
         if ref != value:
             stand_ins[value] = ref
         out.setdefault(section, {})[name] = ref
+    for section, name in MODEL_MAP_FIELDS:
+        mapping = (out.get(section) or {}).get(name) or {}
+        for key, value in list(mapping.items()):
+            if not isinstance(value, str) or not value:
+                continue
+            try:
+                ref = stand_in_for(value)
+            except (KeyError, ValueError) as e:
+                msg = f"{section}.{name}.{key}: {e}"
+                raise UnknownStandInError(msg) from None
+            if ref != value:
+                stand_ins[value] = ref
+            mapping[key] = ref
     return stand_ins
 
 

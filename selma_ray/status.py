@@ -137,7 +137,7 @@ def run_status(uri: str, *, now: float | None = None) -> RunStatus:
                 end = now if alive else (driver or {}).get("beat_at", now)
                 st.seconds = max(0.0, end - entry["started_at"])
             if cfg is not None:
-                st.done, st.total, st.unit = _progress(rd, cfg, name)
+                st.done, st.total, st.unit = stage_progress(rd, cfg, name)
         stages.append(st)
     return RunStatus(rd.uri, driver, alive, stages)
 
@@ -168,8 +168,12 @@ def _run_config(rd: RunDir) -> Any:
         return None
 
 
-def _progress(rd: RunDir, cfg: Any, stage: str) -> tuple[int | None, int | None, str]:
-    """(done, planned, unit) of a running stage, counted from its outputs so far."""
+def stage_progress(
+    rd: RunDir, cfg: Any, stage: str, seen: dict[str, int] | None = None
+) -> tuple[int | None, int | None, str]:
+    """(done, planned, unit) of a running stage, counted from its outputs so far (wherever on
+    the cluster they were written). ``seen``: a cache of the eval answer files' row counts
+    across calls (each file's footer is read once)."""
     skills = [s.name for s in cfg.prompts.skills]
     drawn = [s.name for s in cfg.prompts.skills if s.data is None]  # data skills: imported
     try:
@@ -195,9 +199,29 @@ def _progress(rd: RunDir, cfg: Any, stage: str) -> tuple[int | None, int | None,
                 found = checkpoint_steps(rd.url(*layout.train_dir(), layout.train_run_name(s)))
                 steps += found[0][0] if found else 0
             return steps, cfg.train.max_steps * len(jobs), "training steps"
+        if stage == "eval" and rd.exists(*layout.eval_plan()):
+            plan = rd.read_json(*layout.eval_plan())
+            drawn = sum(
+                sum(n.endswith(".png") for n in _listdir(rd, layout.eval_images(v)))
+                for v in _listdir(rd, layout.eval_images())
+            )
+            answered = _answer_rows(rd, {} if seen is None else seen)
+            total = int(plan["images"]) + int(plan["questions"])
+            return min(drawn + answered, total), total, "images + answers"
     except Exception:  # noqa: BLE001 - progress is best effort; the state still shows
         return None, None, ""
     return None, None, ""
+
+
+def _answer_rows(rd: RunDir, seen: dict[str, int]) -> int:
+    """Rows in the eval answer part files (the footers of files not in ``seen`` are read)."""
+    import pyarrow.parquet as pq
+
+    for name in _listdir(rd, layout.eval_answer_parts()):
+        if name.startswith("part-") and name.endswith(".parquet") and name not in seen:
+            with rd.fs.open(rd.path(*layout.eval_answer_parts(name)), "rb") as f:
+                seen[name] = pq.read_metadata(f).num_rows
+    return sum(seen.values())
 
 
 def _listdir(rd: RunDir, parts: layout.Parts) -> list[str]:
@@ -281,3 +305,59 @@ def status_json(st: RunStatus) -> str:
     for stage, s in zip(data["stages"], st.stages, strict=True):
         stage["eta_s"] = s.eta_s
     return json.dumps(data, indent=2, default=str)
+
+
+class LiveProgress:
+    """A console progress bar of one running stage, redrawn every ``interval`` seconds from
+    :func:`stage_progress` (its outputs so far, wherever on the cluster they were written) by a
+    thread. Only on a terminal: a log or a pipe gets the stage's start and end lines alone."""
+
+    def __init__(
+        self, rd: RunDir, cfg: Any, stage: str, stream: Any, *, interval: float = 2.0
+    ) -> None:
+        self.rd, self.cfg, self.stage, self.stream = rd, cfg, stage, stream
+        self.interval = interval
+        self.bar: Any = None
+        self._seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> LiveProgress:
+        isatty = getattr(self.stream, "isatty", None)
+        if callable(isatty) and isatty():
+            self._thread = threading.Thread(target=self._loop, name="selma-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        if exc[0] is None:
+            self.update()
+        if self.bar is not None:
+            self.bar.close()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.update()
+
+    def update(self) -> None:
+        """Redraw the bar from the stage's outputs (best effort: a failed read skips a beat)."""
+        try:
+            done, total, unit = stage_progress(self.rd, self.cfg, self.stage, self._seen)
+        except Exception:  # noqa: BLE001 - the bar must never break the run
+            return
+        if not total or done is None:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.stage, unit=f" {unit}", file=self.stream, leave=False,
+                dynamic_ncols=True,
+            )  # fmt: skip
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()

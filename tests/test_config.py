@@ -210,3 +210,14 @@ def test_resolved_config_roundtrips():
     cfg = load_config(preset="sdxl")
     again = SelmaConfig.model_validate(__import__("yaml").safe_load(cfg.to_yaml()))
     assert again == cfg
+
+
+def test_a_partly_given_engine_pool_keeps_two_restarts():
+    """An engine whose process dies while it starts must not be restarted forever, also when a
+    preset or --set gives only part of prompts.vllm.pool."""
+    for preset in ("tiny", "sd15", "sdxl"):
+        assert load_config(preset=preset).prompts.vllm.pool.max_restarts == 2, preset
+    partial = load_config(overrides=["prompts.vllm.pool={gpus: 1}"])
+    assert partial.prompts.vllm.pool.max_restarts == 2
+    given = load_config(overrides=["prompts.vllm.pool.max_restarts=5"])
+    assert given.prompts.vllm.pool.max_restarts == 5

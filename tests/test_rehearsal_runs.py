@@ -44,7 +44,19 @@ def test_preset_rehearsal_runs_end_to_end(preset, ray_cluster, tmp_path):
     assert report["rehearsal"] == cfg.rehearsal
     assert report["vqa_model"] == cfg.eval.vqa_model == "tiny:blip2-flan-t5"
     assert any(n.startswith("rehearsal:") for n in report["notes"])
-    assert {"base", "merged", f"expert-{skill}"} <= set(report["variants"])
+    assert {"base", "merged", "joint", f"expert-{skill}"} <= set(report["variants"])
+    # the paper's joint baseline: one LoRA on every skill's pairs, trained beside the experts
+    joint = rd.read_json("experts", "joint", "expert.json")
+    assert joint["sources"] == [s.name for s in cfg.prompts.skills]
+    assert joint["steps"] == expert["steps"] == cfg.train.max_steps
+    assert "| joint |" in rd.read_text("eval", "table.md")
+    # the paper's preference metrics, each on its stand-in, for every variant
+    assert set(report["preference_models"]) == {"pickscore", "imagereward", "hps"}
+    assert all(
+        len(report["variants"][v]["preference"][k]["items"]) >= 1
+        for v in report["variants"]
+        for k in ("pickscore", "imagereward", "hps")
+    )
     variant_dir = rd.path("eval", "images", "merged")
     name = sorted(rd.listdir("eval", "images", "merged"))[0]
     with Image.open(f"{variant_dir}/{name}") as img:

@@ -181,3 +181,102 @@ def test_quiet_console_keeps_library_info_out_but_in_the_driver_log(tmp_path, ca
             if h not in saved[1]:
                 root.removeHandler(h)
         root.setLevel(saved[0])
+
+
+def test_native_output_goes_to_the_driver_log_not_the_console(tmp_path):
+    """A quiet run's fds 1 and 2 point at the driver log (Ray's C++ core worker writes to fd 2,
+    Ray prints the raylet's messages to sys.stdout); selma-ray's lines still reach the
+    terminal's stderr, and both fds are back when the run ends."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import logging, os, sys
+        from selma_ray.runlog import configure_console, driver_log
+        from selma_ray.storage import RunDir
+        configure_console()
+        with driver_log(RunDir({str(tmp_path / "run")!r})) as url:
+            os.write(2, b"core_worker.cc:2465: NATIVE-ERR\\n")
+            os.write(1, b"NATIVE-OUT\\n")
+            print("(raylet) PY-OUT")
+            print("PY-ERR", file=sys.stderr)
+            logging.getLogger("selma_ray.pipeline").info("OURS")
+            logging.getLogger("ray.data").warning("THEIRS")
+        print("AFTER", url)
+        print("AFTER-ERR", file=sys.stderr)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stderr.splitlines() == ["OURS", "AFTER-ERR"], out.stderr
+    assert out.stdout.startswith("AFTER ") and len(out.stdout.splitlines()) == 1, out.stdout
+    log = Path(out.stdout.split()[1]).read_text()
+    for text in ("NATIVE-ERR", "NATIVE-OUT", "(raylet) PY-OUT", "PY-ERR", "OURS", "THEIRS"):
+        assert text in log, text
+
+
+class _Terminal:
+    """A stream that says it is a terminal and keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_live_bar_follows_the_stage_outputs_on_a_terminal_only(tmp_path):
+    from selma_ray.status import LiveProgress
+
+    rd = _run_dir(tmp_path)
+    cfg = load_config(overrides=SMALL)
+    for skill in ("coco", "whoops"):
+        rd.write_jsonl([{"id": f"{skill}-{i}"} for i in range(4)], *layout.prompts_file(skill))
+    term = _Terminal()
+    with LiveProgress(rd, cfg, "images", term, interval=0.05) as live:
+        rd.write_bytes(b"png", *layout.images_dir("coco", "coco-0_0.png"))
+        deadline = time.time() + 10
+        while (live.bar is None or live.bar.n < 1) and time.time() < deadline:
+            time.sleep(0.05)
+        assert (live.bar.n, live.bar.total) == (1, 8)
+        for i in range(1, 4):
+            rd.write_bytes(b"png", *layout.images_dir("whoops", f"whoops-{i}_0.png"))
+    assert (live.bar.n, live.bar.total) == (4, 8)  # the last redraw on leaving
+    assert "images" in term.text and "4/8" in term.text
+    # not a terminal (a log, a pipe): no bar, no thread
+    import io
+
+    pipe = io.StringIO()
+    with LiveProgress(rd, cfg, "images", pipe, interval=0.05) as quiet:
+        time.sleep(0.2)
+    assert quiet.bar is None and pipe.getvalue() == ""
+
+
+def test_running_eval_progress_counts_images_and_saved_answers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from selma_ray.status import stage_progress
+
+    rd = _run_dir(tmp_path)
+    cfg = load_config(overrides=SMALL)
+    rd.write_json({"images": 6, "questions": 20}, *layout.eval_plan())
+    for variant in ("base", "merged"):
+        rd.write_bytes(b"png", *layout.eval_images(variant, "vrd_1.png"))
+    for part, n in (("part-a.parquet", 5), ("part-b.parquet", 3)):
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.table({"answer": ["yes"] * n}), buf)
+        rd.write_bytes(buf.getvalue().to_pybytes(), *layout.eval_answer_parts(part))
+    seen: dict[str, int] = {}
+    assert stage_progress(rd, cfg, "eval", seen) == (2 + 8, 26, "images + answers")
+    assert seen == {"part-a.parquet": 5, "part-b.parquet": 3}

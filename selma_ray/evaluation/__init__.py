@@ -6,8 +6,10 @@
 * :mod:`selma_ray.evaluation.rescore`: re-scoring a saved answers table (CSV or Parquet) into a
   JSON report and a terminal table (``selma-ray evaluate rescore``); imported on demand since it
   needs pandas.
-* :mod:`selma_ray.evaluation.vqa`, :mod:`selma_ray.evaluation.clip`: the model-backed scorers
-  (Ray Data style callable classes: load once, score batches of rows); imported on demand.
+* :mod:`selma_ray.evaluation.vqa`, :mod:`selma_ray.evaluation.clip`,
+  :mod:`selma_ray.evaluation.preference` (PickScore, ImageReward, HPS v2): the model-backed
+  scorers (Ray Data style callable classes: load once, score batches of rows); imported on
+  demand.
 * :mod:`selma_ray.evaluation.stage`: the stage (variants drawn, questions answered, scores) on
   the executor it is handed; :mod:`selma_ray.evaluation.report`: the HTML report.
 

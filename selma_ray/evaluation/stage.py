@@ -21,7 +21,10 @@ the same VQA settings (model, answer matcher); ``eval/stats.json`` says how many
 now and how many were answered before. The answers are assembled into ``eval/answers.parquet``
 (``item_id, question_id, answer, model`` = variant, ``benchmark``, ``question``), which
 ``selma-ray evaluate rescore dsg1k eval/answers.parquet`` re-scores to the same DSG-1k numbers
-(both use the ``reference`` rules). Scores + CLIPScore go to ``eval/report.json``, and the HTML
+(both use the ``reference`` rules). The human-preference scorers (``eval.preference_models``:
+PickScore, ImageReward, HPS v2; :mod:`selma_ray.evaluation.preference`) score every variant's
+images on the same pool, one row per (variant, item). Scores, CLIPScore and the preference
+scores go to ``eval/report.json``, and the HTML
 report is rebuilt (:func:`selma_ray.evaluation.report.build_report`).
 """
 
@@ -47,7 +50,7 @@ from selma_ray.evaluation.benchmarks import (
 )
 from selma_ray.evaluation.scoring import REFERENCE_RULES, score_dsg, score_tifa
 from selma_ray.execution import Executor, batch_to_rows, rows_to_batch
-from selma_ray.images.generate import ImageGenerator, image_seed
+from selma_ray.images.generate import ImageGenerator, image_seed, rows_to_draw, unpack_row
 from selma_ray.images.stage import draw_rows
 from selma_ray.layout import eval_images
 from selma_ray.rehearsal import describe as describe_rehearsal
@@ -216,7 +219,8 @@ class LoraImageGenerator(ImageGenerator):
         outs: list[dict[str, Any]] = []
         for variant in dict.fromkeys(str(r["skill"]) for r in rows):
             sub = [r for r in rows if str(r["skill"]) == variant]
-            todo = [r for r in sub if not self._exists(variant, str(r["file_name"]))]
+            members = [m for r in sub for m in unpack_row(r)]  # batched: packed groups
+            todo = [m for m in members if not self._exists(variant, str(m["file_name"]))]
             if todo:
                 self.use(variant)
             outs.extend(batch_to_rows(super().__call__(rows_to_batch(sub))))
@@ -257,8 +261,13 @@ def draw_variants(
     loras: dict[str, str | None],
     executor: Executor,
 ) -> list[dict[str, Any]]:
-    """Draw the rows not yet on storage on ``eval.pool``, swapping LoRAs per variant."""
-    todo = [r for r in rows if not run_dir.exists(*eval_images(r["skill"], r["file_name"]))]
+    """Draw the rows not yet on storage on ``eval.pool``, swapping LoRAs per variant (batched:
+    whole groups of the batch plan, as stage 2 draws)."""
+    todo = rows_to_draw(
+        rows,
+        lambda r: run_dir.exists(*eval_images(r["skill"], r["file_name"])),
+        eval_images_config(cfg),
+    )
     if not todo:
         return []
     drawn = draw_rows(
@@ -482,6 +491,8 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
     import pandas as pd
 
     from selma_ray.evaluation.clip import ClipScorer
+    from selma_ray.evaluation.preference import KINDS as PREFERENCE_KINDS
+    from selma_ray.evaluation.preference import preference_scorer
     from selma_ray.evaluation.vqa import VQAScorer
 
     ecfg = cfg.eval
@@ -492,6 +503,8 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
     loras = variant_loras(cfg, run_dir)
     variants = list(loras)
     image_rows = plan_images(cfg, items, variants)
+    n_questions = len(question_rows(run_dir, items, variants))
+    run_dir.write_json({"images": len(image_rows), "questions": n_questions}, *layout.eval_plan())
     drawn = draw_variants(cfg, run_dir, image_rows, loras, executor)
     n_written = sum(bool(r.get("written")) for r in drawn)
 
@@ -515,18 +528,27 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
         )
 
     clip: dict[str, dict[str, float]] = {v: {} for v in variants}
+    crows = [
+        {
+            "model": r["skill"],
+            "item_id": r["prompt_id"],
+            "text": r["prompt"],
+            "image_uri": run_dir.url(*eval_images(r["skill"], r["file_name"])),
+        }
+        for r in image_rows
+    ]
     if ecfg.clip_model:
-        crows = [
-            {
-                "model": r["skill"],
-                "item_id": r["prompt_id"],
-                "text": r["prompt"],
-                "image_uri": run_dir.url(*eval_images(r["skill"], r["file_name"])),
-            }
-            for r in image_rows
-        ]
         for r in score_rows(cfg, crows, ClipScorer, {"model_ref": ecfg.clip_model}, executor):
             clip[str(r["model"])][str(r["item_id"])] = round(float(r["clip_score"]), _DIGITS)
+    # PickScore / ImageReward / HPS: {kind: {variant: {item_id: score}}}, like CLIPScore
+    preference: dict[str, dict[str, dict[str, float]]] = {}
+    for kind in (k for k in PREFERENCE_KINDS if k in ecfg.preference_models):
+        scorer = preference_scorer(kind)
+        preference[kind] = {v: {} for v in variants}
+        ref = {"model_ref": ecfg.preference_models[kind]}
+        for r in score_rows(cfg, crows, scorer, ref, executor):
+            score = round(float(r[scorer.column]), _DIGITS)
+            preference[kind][str(r["model"])][str(r["item_id"])] = score
 
     report: dict[str, Any] = {
         "variants": {},
@@ -538,6 +560,7 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
         },
         "vqa_model": ecfg.vqa_model,
         "clip_model": ecfg.clip_model,
+        "preference_models": {k: ecfg.preference_models[k] for k in preference},
         "rules": "reference",
         "notes": [*describe_rehearsal(cfg.rehearsal), *notes],
         "rehearsal": cfg.rehearsal,
@@ -547,6 +570,13 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
         scores = list(clip[v].values())
         entry["clip"] = round(sum(scores) / len(scores), _DIGITS) if scores else None
         entry["clip_items"] = clip[v]
+        entry["preference"] = {
+            kind: {
+                "mean": round(sum(by[v].values()) / len(by[v]), _DIGITS) if by[v] else None,
+                "items": by[v],
+            }
+            for kind, by in preference.items()
+        }
         entry["lora"] = loras[v]
         report["variants"][v] = entry
     run_dir.write_json(report, *layout.eval_report())

@@ -10,14 +10,17 @@ Determinism: every image has its own ``torch.Generator`` seeded from its row. Wi
 ``exact_per_image`` (the default) every image is denoised in its own pipeline call, so its bytes
 do not depend on batch size, actor count, retries or resumes (a batch of another size takes
 other kernels, which can flip a uint8 rounding). With ``exact_per_image: false`` the images are
-drawn ``images_per_call`` at a time, and a short batch (the tail, a retry, a resume) is padded
-to ``images_per_call`` with copies of its first row, so every UNet call has the same shape: an
-image's bytes then depend on its prompt, seed and ``images.images_per_call`` only, as long as
-the UNet and VAE compute each sample independently of the others. That holds on the CPU (CLIP's
-text encoder does not, so prompts are encoded one at a time); it does not hold for fp16 GPU
-kernels, which depend on a sample's position in the batch (measured in
-``benchmarks/batch_invariance.py``). Bytes are always specific to the device type, dtype and
-library versions.
+drawn ``images_per_call`` at a time in the calls of :func:`batch_plan`: each skill's rows in
+(prompt id, image index) order, cut into groups of ``images_per_call``, a pure function of the
+rows and that size. A group travels to the workers as one packed row (:func:`pack_groups`), so
+no actor count or task split can break it up; a group with any image missing (a resume, a
+retried task) is drawn whole, in the same positions, and only its missing images are written;
+a short group is padded to ``images_per_call`` with copies of its first row, so every UNet call
+has the same shape. An image's bytes then depend on its group (prompts, seeds, positions) only,
+whatever the actor count, retries and resumes: on GPUs too, where fp16 kernels depend on a
+sample's position in the batch (measured in ``benchmarks/batch_invariance.py``). Prompts are
+encoded one at a time (CLIP's text encoder gives a prompt other states at other batch
+positions). Bytes are always specific to the device type, dtype and library versions.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +113,72 @@ def plan_rows(
                 }
             )
     return rows
+
+
+#: Row column naming a row's pipeline call in batched drawing (:func:`batch_plan`).
+BATCH_COLUMN = "batch"
+#: Column of a packed row (:func:`pack_groups`): the JSON list of its group's rows.
+PACKED_COLUMN = "rows"
+
+
+def batch_plan(rows: Iterable[dict[str, Any]], images_per_call: int) -> list[list[dict[str, Any]]]:
+    """Batched drawing's pipeline calls: each skill's rows (skills in name order) sorted by
+    (prompt id, image index) and cut into groups of ``images_per_call``, each row tagged with
+    its group (``batch``: ``<skill>/<k>``). A pure function of the rows and the size."""
+    if images_per_call < 1:
+        msg = f"images.images_per_call must be >= 1 (got {images_per_call})"
+        raise ValueError(msg)
+    by_skill: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_skill.setdefault(str(r["skill"]), []).append(r)
+    groups = []
+    for skill in sorted(by_skill):
+        ordered = sorted(by_skill[skill], key=lambda r: (str(r["prompt_id"]), r["image_index"]))
+        for k in range(0, len(ordered), images_per_call):
+            key = f"{skill}/{k // images_per_call}"
+            groups.append([{**r, BATCH_COLUMN: key} for r in ordered[k : k + images_per_call]])
+    return groups
+
+
+def rows_to_draw(
+    rows: list[dict[str, Any]], present: Callable[[dict[str, Any]], bool], cfg: ImagesConfig
+) -> list[dict[str, Any]]:
+    """The rows a drawing pass must draw, ``present(row) -> bool`` saying which images exist:
+    the missing ones (exact mode), or every row of each :func:`batch_plan` group with an image
+    missing (batched: a group is always drawn whole, so its images keep their positions)."""
+    if cfg.exact_per_image:
+        return [r for r in rows if not present(r)]
+    return [
+        r
+        for group in batch_plan(rows, cfg.images_per_call)
+        if not all(present(r) for r in group)
+        for r in group
+    ]
+
+
+def pack_groups(rows: list[dict[str, Any]], images_per_call: int) -> list[dict[str, Any]]:
+    """One row per pipeline call: ``skill``, ``batch`` and the JSON of the group's rows. Rows
+    already tagged by :func:`batch_plan` keep their groups; untagged rows are planned here."""
+    import json
+
+    if rows and all(BATCH_COLUMN in r for r in rows):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault(str(r[BATCH_COLUMN]), []).append(r)
+        planned = list(groups.values())
+    else:
+        planned = batch_plan(rows, images_per_call)
+    return [
+        {"skill": g[0]["skill"], BATCH_COLUMN: g[0][BATCH_COLUMN], PACKED_COLUMN: json.dumps(g)}
+        for g in planned
+    ]
+
+
+def unpack_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The image rows of a packed row (:func:`pack_groups`); a plain row is its own list."""
+    import json
+
+    return json.loads(row[PACKED_COLUMN]) if PACKED_COLUMN in row else [row]
 
 
 def encode_image(pixels: np.ndarray, image_format: str = "png") -> bytes:
@@ -389,8 +458,9 @@ class ImageGenerator:
 
     # ------------------------------------------------------------------ Ray Data entry point
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["prompt_id"])
-        rows = batch_to_rows(batch)
+        packed = [unpack_row(r) for r in batch_to_rows(batch)]
+        rows = [r for group in packed for r in group]
+        n = len(rows)
         started = [0.0] * n
         finished = [0.0] * n
         written = [False] * n
@@ -402,6 +472,22 @@ class ImageGenerator:
                 self._write(rows[i]["skill"], rows[i]["file_name"], pixels)
                 finished[i] = time.time()
                 written[i] = True
+        elif PACKED_COLUMN in batch:  # whole groups, as planned: one call per group
+            todo_set = set(todo)
+            first = 0
+            for group in packed:
+                index = list(range(first, first + len(group)))
+                first += len(group)
+                missing = [i for i in index if i in todo_set]
+                if not missing:
+                    continue
+                t = time.time()
+                images = self.draw_fixed(
+                    [rows[i]["prompt"] for i in index], [rows[i]["seed"] for i in index]
+                )
+                for i in missing:
+                    self._write(rows[i]["skill"], rows[i]["file_name"], images[i - index[0]])
+                    started[i], finished[i], written[i] = t, time.time(), True
         elif todo:
             t = time.time()
             images = self.draw_fixed(

@@ -25,7 +25,14 @@ from typing import Any
 
 from selma_ray.config import ActorPool, ImagesConfig, SelmaConfig
 from selma_ray.execution import Executor
-from selma_ray.images.generate import IMAGE_SUFFIXES, METADATA_COLUMNS, ImageGenerator, plan_rows
+from selma_ray.images.generate import (
+    IMAGE_SUFFIXES,
+    METADATA_COLUMNS,
+    ImageGenerator,
+    pack_groups,
+    plan_rows,
+    rows_to_draw,
+)
 from selma_ray.layout import images_dir, images_metadata, images_stats, prompts_file
 from selma_ray.prompts.stage import read_prompts
 from selma_ray.storage import RunDir
@@ -162,14 +169,15 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
     for skill, rows in planned.items():
         present, temps = list_skill_dir(run_dir, skill)
         _clean_temps(run_dir, skill, temps)
-        missing = [r for r in rows if r["file_name"] not in present]
-        existing[skill] = len(rows) - len(missing)
-        todo.extend(missing)
+        existing[skill] = sum(r["file_name"] in present for r in rows)
+        # batched: whole groups of the batch plan, so a resumed image keeps its batch position
+        todo.extend(rows_to_draw(rows, lambda r, have=present: r["file_name"] in have, cfg.images))
+    n_planned = sum(len(r) for r in planned.values())
     log.info(
         "images: %d planned, %d already drawn, %d to draw",
-        sum(len(r) for r in planned.values()),
+        n_planned,
         sum(existing.values()),
-        len(todo),
+        n_planned - sum(existing.values()),
     )
     written: dict[str, int] = defaultdict(int)
     truncated = 0
@@ -186,7 +194,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
             "images: %d of %d prompts drawn were longer than the text encoder's token limit "
             "and were truncated (only their first tokens shaped the image)",
             truncated,
-            len(todo),
+            sum(written.values()),
         )
     draw_seconds = time.perf_counter() - t_draw
     for skill in planned:  # a killed writer may have left temp files behind
@@ -241,7 +249,15 @@ def draw_rows(
     input is spread over every actor. ``generator_cls`` (an :class:`ImageGenerator` subclass,
     e.g. the evaluation's LoRA-switching one) takes ``generator_kwargs`` on top of the usual
     constructor arguments. ``out_uri`` must be visible from wherever the executor runs.
+
+    Batched (``exact_per_image`` off): the rows go as whole groups of the batch plan (their
+    ``batch`` tags, else :func:`~selma_ray.images.generate.batch_plan` of them), one packed row
+    per pipeline call, ``rows_per_task // images_per_call`` calls per task.
     """
+    rows_per_task = cfg.rows_per_task
+    if not cfg.exact_per_image:
+        rows = pack_groups(rows, cfg.images_per_call)
+        rows_per_task = max(1, cfg.rows_per_task // cfg.images_per_call)
     return executor.map_rows(
         rows,
         generator_cls,
@@ -252,6 +268,6 @@ def draw_rows(
             **(generator_kwargs or {}),
         },
         pool=pool or cfg.pool,
-        rows_per_task=cfg.rows_per_task,
+        rows_per_task=rows_per_task,
         whole_tasks=True,
     )

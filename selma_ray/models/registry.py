@@ -63,6 +63,9 @@ _BUILDERS: dict[str, Callable[..., str]] = {
     "vilt": standins.make_vilt,
     "vlm-chat": standins.make_vlm_chat,
     "sbert": standins.make_sbert,
+    "pickscore": standins.make_pickscore,
+    "imagereward": standins.make_imagereward,
+    "hps": standins.make_hps,
     # Llama-3.1-8B-Instruct's stand-in, trained to write stage 1's lists (models/llm_standin.py)
     "llama31-instruct": llm_standin.make_llama31_instruct,
 }

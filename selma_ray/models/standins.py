@@ -1,13 +1,15 @@
 """Same-architecture stand-ins for the GPU presets' real models: the builders and the id table.
 
 :data:`STAND_INS` maps each real model id a preset names (SD 1.5, SD 2.1 base, SDXL base,
-BLIP-2 Flan-T5-XL, CLIP ViT-L/14, TIFA's answer-matching SBERT, and the other VQA backends:
-BLIP VQA, ViLT, LLaVA 1.5) to a ``tiny:`` reference; :func:`stand_in_for` looks one up. Each
+BLIP-2 Flan-T5-XL, CLIP ViT-L/14, TIFA's answer-matching SBERT, the other VQA backends:
+BLIP VQA, ViLT, LLaVA 1.5, and the preference scorers PickScore, ImageReward, HPS v2) to a
+``tiny:`` reference; :func:`stand_in_for` looks one up. Each
 ``make_*`` builder writes a randomly initialised model of the SAME classes as the real one (the
 pipeline, model, scheduler, tokenizer and processor classes) with the real config's structural
 choices (block types, attention layout, activation functions, pooling, special-token layout)
 and small widths, saved with ``save_pretrained`` so it loads through the stages' own
-``from_pretrained`` code. Nothing is downloaded: tokenizers are built in memory (the helpers of
+``from_pretrained`` code (ImageReward's and HPS v2's in their authors' checkpoint layouts,
+which their scorers read). Nothing is downloaded: tokenizers are built in memory (the helpers of
 :mod:`selma_ray.models.tiny`), weights come from ``torch.manual_seed(seed)``.
 
 Built once per cache directory by :mod:`selma_ray.models.registry`; bump
@@ -46,6 +48,9 @@ __all__ = [
     "UnknownModelError",
     "make_blip2_flan_t5",
     "make_clip_vit_l",
+    "make_hps",
+    "make_imagereward",
+    "make_pickscore",
     "make_sbert",
     "make_sd15",
     "make_sd21_base",
@@ -67,6 +72,12 @@ STAND_INS: dict[str, str] = {
     "Salesforce/blip-vqa-base": "tiny:vqa",
     "dandelin/vilt-b32-finetuned-vqa": "tiny:vilt",
     "llava-hf/llava-1.5-7b-hf": "tiny:vlm-chat",
+    # stage 5's preference scorers (eval.preference_models)
+    "yuvalkirstain/PickScore_v1": "tiny:pickscore",
+    "THUDM/ImageReward": "tiny:imagereward",
+    "xswu/HPSv2": "tiny:hps",
+    "xswu/HPSv2/HPS_v2_compressed.pt": "tiny:hps",
+    "xswu/HPSv2/HPS_v2.1_compressed.pt": "tiny:hps",
 }
 
 
@@ -727,6 +738,165 @@ def make_sbert(path: str | os.PathLike[str], seed: int = 0) -> str:
     _write_json(out / "sentence_bert_config.json", {"max_seq_length": 128, "do_lower_case": False})
     _write_json(out / "1_Pooling" / "config.json", pooling)
     (out / "2_Normalize").mkdir(exist_ok=True)
+    return str(out)
+
+
+# --------------------------------------------------------------------------- preference scorers
+
+#: OpenCLIP ViT-H-14's layout (gelu in both towers, 14-px patches, 80-wide vision heads
+#: elsewhere), narrow: PickScore's and HPS v2's networks.
+_OPENCLIP_H_MODEL: dict[str, Any] = {
+    "embed_dim": 16,
+    "vision_cfg": {
+        "image_size": _CLIP_IMAGE_SIZE,
+        "layers": 2,
+        "width": 48,
+        "head_width": 12,
+        "patch_size": 14,
+    },
+    "text_cfg": {"context_length": _SD_MAX_LENGTH, "width": 32, "heads": 4, "layers": 2},
+}
+
+
+def _openclip_h_config(tokenizer: Any) -> tuple[dict[str, Any], Any]:
+    """(OpenCLIP model config, transformers ``CLIPConfig``) of the ViT-H-14 stand-in."""
+    from selma_ray.evaluation.preference import openclip_clip_config
+
+    config = json.loads(json.dumps(_OPENCLIP_H_MODEL))
+    config["text_cfg"]["vocab_size"] = len(tokenizer)
+    return config, openclip_clip_config(config, tokenizer)
+
+
+def make_pickscore(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Stand-in for ``yuvalkirstain/PickScore_v1`` (PickScore, a fine-tuned OpenCLIP ViT-H-14).
+
+    ``CLIPModel`` with ViT-H-14's layout (gelu in both towers, 14-px patches) and, beside it,
+    the ``CLIPProcessor`` whose tokenizer pads with ``!`` (the real checkpoint has none: its
+    card loads ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``'s).
+    """
+    from transformers import CLIPModel, CLIPProcessor
+
+    out = Path(path)
+    with _BUILD_LOCK:
+        tokenizer = _sd_tokenizer(pad_token="!")
+        _, config = _openclip_h_config(tokenizer)
+        with _seeded(seed):
+            model = CLIPModel(config)
+        model.save_pretrained(str(out), safe_serialization=True)
+        processor = CLIPProcessor(
+            image_processor=_clip_image_processor(_CLIP_IMAGE_SIZE), tokenizer=tokenizer
+        )
+        processor.save_pretrained(str(out))
+    _write_clip_vocab_files(out)
+    return str(out)
+
+
+def make_hps(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Stand-in for ``xswu/HPSv2`` (HPS v2: OpenCLIP ViT-H-14 fine-tuned), in its layout.
+
+    ``HPS_v2_compressed.pt``: ``{"state_dict": ...}`` with OpenCLIP's key names (a randomly
+    initialised ``CLIPModel`` of ViT-H-14's layout, converted); beside it what OpenCLIP
+    hard-codes for the real model: ``open_clip_config.json`` (its model-config format) and the
+    tokenizer (CLIP BPE, padded with ``!``).
+    """
+    import torch
+    from transformers import CLIPModel
+
+    from selma_ray.evaluation.preference import (
+        HPS_CHECKPOINT,
+        HPS_CONFIG,
+        transformers_to_openclip,
+    )
+
+    out = Path(path)
+    with _BUILD_LOCK:
+        tokenizer = _sd_tokenizer(pad_token="!")
+        openclip, config = _openclip_h_config(tokenizer)
+        with _seeded(seed):
+            model = CLIPModel(config)
+        out.mkdir(parents=True, exist_ok=True)
+        state = transformers_to_openclip(model.state_dict())
+        torch.save({"state_dict": state}, out / HPS_CHECKPOINT)
+        _write_json(out / HPS_CONFIG, openclip)
+        tokenizer.save_pretrained(str(out))
+    _write_clip_vocab_files(out)
+    return str(out)
+
+
+def make_imagereward(path: str | os.PathLike[str], seed: int = 0) -> str:
+    """Stand-in for ``THUDM/ImageReward`` (ImageReward v1.0), in the authors' layout.
+
+    ``ImageReward.pt``: the state dict of the authors' ``ImageReward`` module (``blip.*`` with
+    BLIP's contrastive projections and the text position-id buffer, ``mlp.layers.*``) of a
+    randomly initialised :class:`~selma_ray.evaluation.preference.ImageRewardModel` (a
+    32 px, 16-px-patch ViT; a 2-layer BERT with cross-attention; the real MLP head widths);
+    ``med_config.json`` (BLIP's BERT config format); ``vision_config.json`` (the ViT the
+    authors' code hard-codes); the tokenizer (``BertTokenizer`` with ``[DEC]`` and ``[ENC]``
+    added, as BLIP's ``init_tokenizer``). Linear and patch weights are drawn with
+    variance-preserving scales (BLIP's initialisation leaves a random reward blind to the
+    image).
+    """
+    import torch
+    from transformers import BertTokenizer
+
+    from selma_ray.evaluation.preference import (
+        IMAGEREWARD_CHECKPOINT,
+        IMAGEREWARD_MED_CONFIG,
+        IMAGEREWARD_VISION_CONFIG,
+        ImageRewardModel,
+        imagereward_from_transformers,
+    )
+
+    out = Path(path)
+    with _BUILD_LOCK, tempfile.TemporaryDirectory() as tmp:
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        vocab_file = Path(tmp, "vocab.txt")
+        words = [*specials, *_WORDS, *(c for c in _LETTERS if c not in _WORDS)]
+        vocab_file.write_text("\n".join(words) + "\n", encoding="utf-8")
+        tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=512)
+        tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+        tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+        vit = {"img_size": 32, "patch_size": 16, "embed_dim": 48, "depth": 2, "num_heads": 4,
+               "mlp_ratio": 4.0}  # fmt: skip
+        med = {
+            "architectures": ["BertModel"],
+            "attention_probs_dropout_prob": 0.1,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1,
+            "hidden_size": 32,
+            "initializer_range": 0.02,
+            "intermediate_size": 64,
+            "layer_norm_eps": 1e-12,
+            "max_position_embeddings": 40,
+            "model_type": "bert",
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "pad_token_id": 0,
+            "type_vocab_size": 2,
+            "vocab_size": len(tokenizer),
+            "encoder_width": vit["embed_dim"],
+            "add_cross_attention": True,
+        }
+        with _seeded(seed):
+            model = ImageRewardModel(med, vit)
+            for layer in model.modules():
+                if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                    fan_in = layer.weight[0].numel()
+                    torch.nn.init.normal_(layer.weight, std=fan_in**-0.5)
+                    torch.nn.init.normal_(layer.bias, std=0.1)
+        state = imagereward_from_transformers(model.state_dict())
+        with _seeded(seed + 1):  # BLIP's contrastive projections: in the file, not used
+            state["blip.vision_proj.weight"] = 0.02 * torch.randn(16, vit["embed_dim"])
+            state["blip.vision_proj.bias"] = torch.zeros(16)
+            state["blip.text_proj.weight"] = 0.02 * torch.randn(16, med["hidden_size"])
+            state["blip.text_proj.bias"] = torch.zeros(16)
+        positions = torch.arange(med["max_position_embeddings"]).expand((1, -1))
+        state["blip.text_encoder.embeddings.position_ids"] = positions
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(state, out / IMAGEREWARD_CHECKPOINT)
+        _write_json(out / IMAGEREWARD_MED_CONFIG, med)
+        _write_json(out / IMAGEREWARD_VISION_CONFIG, vit)
+        tokenizer.save_pretrained(str(out))
     return str(out)
 
 

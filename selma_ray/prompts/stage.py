@@ -238,7 +238,10 @@ def absorb_round(
 
 
 def _progress_bars(skills: list[Skill], states: dict[str, SkillState], target: int, enabled: bool):
-    if not enabled:
+    from selma_ray.runlog import console_stream
+
+    stream = console_stream()
+    if not enabled or not stream.isatty():  # no bar redraws in a log or a pipe
         return {}
     from tqdm.auto import tqdm
 
@@ -251,6 +254,7 @@ def _progress_bars(skills: list[Skill], states: dict[str, SkillState], target: i
             position=i,
             leave=True,
             unit="prompt",
+            file=stream,
         )
         for i, s in enumerate(skills)
     }

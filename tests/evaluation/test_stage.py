@@ -296,6 +296,9 @@ def test_stage_on_ray_matches_in_process(run, ray_cluster, tmp_path):
     ours, ref = copy.read_json("eval", "report.json"), rd.read_json("eval", "report.json")
     for v in VARIANTS:
         assert ours["variants"][v]["dsg"] == ref["variants"][v]["dsg"]
+        # the preference scorers ran on Ray's actors too, with the same numbers
+        assert ours["variants"][v]["preference"] == ref["variants"][v]["preference"]
+        assert set(ours["variants"][v]["preference"]) == {"pickscore", "imagereward", "hps"}
         item = ref["benchmarks"]["dsg1k"][0]
         assert copy.read_bytes("eval", "images", v, f"{item}.png") == rd.read_bytes(
             "eval", "images", v, f"{item}.png"

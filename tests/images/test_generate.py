@@ -224,3 +224,34 @@ def test_images_do_not_depend_on_the_actors_cpu_threads(generator):
     finally:
         torch.set_num_threads(before)
     assert np.array_equal(drawn[1], drawn[2]) and np.array_equal(drawn[1], drawn[4])
+
+
+def test_batch_plan_is_a_pure_function_of_the_rows_and_the_size():
+    from selma_ray.images.generate import batch_plan, pack_groups, rows_to_draw, unpack_row
+
+    rows = plan_rows(PROMPTS, 2, run_seed=0) + plan_rows(
+        [{"id": "whoops-00000", "skill": "whoops", "prompt": "a fish in a tree"}], 3, run_seed=0
+    )
+    groups = batch_plan(rows, 3)
+    # per skill, in (prompt id, index) order, cut in threes: coco 8 -> 3+3+2, whoops 3
+    assert [[r["file_name"] for r in g] for g in groups] == [
+        ["coco-00000_0.png", "coco-00000_1.png", "coco-00001_0.png"],
+        ["coco-00001_1.png", "coco-00002_0.png", "coco-00002_1.png"],
+        ["coco-00003_0.png", "coco-00003_1.png"],
+        ["whoops-00000_0.png", "whoops-00000_1.png", "whoops-00000_2.png"],
+    ]
+    assert [g[0]["batch"] for g in groups] == ["coco/0", "coco/1", "coco/2", "whoops/0"]
+    # not a function of row order
+    assert batch_plan(rows[::-1], 3) == groups
+    # a resume draws every group with an image missing, whole and tagged as planned
+    have = {r["file_name"] for r in rows} - {"coco-00002_1.png", "whoops-00000_0.png"}
+    cfg = ImagesConfig(exact_per_image=False, images_per_call=3)
+    todo = rows_to_draw(rows, lambda r: r["file_name"] in have, cfg)
+    assert todo == groups[1] + groups[3]
+    assert rows_to_draw(rows, lambda r: r["file_name"] in have, ImagesConfig()) == [
+        r for r in rows if r["file_name"] not in have
+    ]
+    # packing keeps the planned groups (one row per pipeline call) and unpacks to the rows
+    packed = pack_groups(todo, 3)
+    assert [p["batch"] for p in packed] == ["coco/1", "whoops/0"]
+    assert [m for p in packed for m in unpack_row(p)] == todo

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from selma_ray.config import load_config
+from selma_ray.config import ImagesConfig, load_config
 from selma_ray.execution import InProcessExecutor, task_plan
+from selma_ray.images.generate import ImageGenerator
 from selma_ray.images.stage import ImagesIncompleteError, plan, run_images_stage
 from selma_ray.storage import RunDir
 
@@ -215,6 +216,18 @@ def test_ray_stage_matches_in_process_bytes(ray_cluster, reference, tmp_path):
         assert rd.read_text("images", skill, "metadata.jsonl") == reference.read_text(
             "images", skill, "metadata.jsonl"
         )
+    # batched drawing (the GPU presets' default) through Ray Data: groups travel packed, every
+    # image comes back as a row, and the bytes are the in-process batched run's
+    batched = ("images.exact_per_image=false", "images.images_per_call=4")
+    ray_rd, local_rd = RunDir(str(tmp_path / "ray-batched")), RunDir(str(tmp_path / "batched"))
+    for target in (ray_rd, local_rd):
+        _write_prompts(target)
+    seen.clear()
+    run_images_stage(_cfg("images.pool.max_size=2", "images.rows_per_task=8", *batched), ray_rd,
+                     SpyRay())  # fmt: skip
+    assert len(seen) == 12 and all(r["written"] for r in seen)
+    run_images_stage(_cfg(*batched), local_rd, InProcessExecutor())
+    assert _images(ray_rd) == _images(local_rd) and len(_images(ray_rd)) == 12
 
 
 def _alive_map_workers() -> dict[str, dict]:
@@ -302,3 +315,53 @@ def test_prompts_longer_than_the_text_encoder_are_counted_once_per_stage(
         "truncated (only their first tokens shaped the image)"
     ]
     assert rd.read_json("images", "stats.json")["truncated_prompts"] == 2
+
+
+class _CallRecorder(ImageGenerator):
+    """An image generator that records every pipeline call's (prompts, seeds)."""
+
+    calls: list = []
+
+    def draw(self, prompts, seeds):
+        type(self).calls.append((tuple(prompts), tuple(seeds)))
+        return super().draw(prompts, seeds)
+
+
+def test_batched_calls_are_the_plans_whatever_the_task_split_or_resume(in_process, tmp_path):
+    """Batched drawing (the GPU presets' default): every pipeline call is one group of the batch
+    plan, whatever the rows per task, and a resume redraws whole groups in their positions."""
+    from selma_ray.images.generate import batch_plan, plan_rows
+    from selma_ray.images.stage import draw_rows
+
+    prompts = [{"id": f"coco-{i:05d}", "skill": "coco", "prompt": f"a cat {i}"} for i in range(5)]
+    rows = plan_rows(prompts, 1, run_seed=0)
+    expected = {
+        (tuple(r["prompt"] for r in g) + (g[0]["prompt"],) * (2 - len(g)),
+         tuple(r["seed"] for r in g) + (g[0]["seed"],) * (2 - len(g)))
+        for g in batch_plan(rows, 2)
+    }  # fmt: skip
+    files = {}
+    for rows_per_task in (2, 5):
+        cfg = ImagesConfig(exact_per_image=False, images_per_call=2, rows_per_task=rows_per_task)
+        uri = str(tmp_path / f"split-{rows_per_task}")
+        _CallRecorder.calls = []
+        out = draw_rows(rows[::-1], cfg, uri, in_process, generator_cls=_CallRecorder)
+        assert sorted(r["file_name"] for r in out) == sorted(r["file_name"] for r in rows)
+        assert set(_CallRecorder.calls) == expected and len(_CallRecorder.calls) == 3
+        files[rows_per_task] = {r["file_name"]: RunDir(uri).read_bytes("coco", r["file_name"])
+                                for r in rows}  # fmt: skip
+    assert files[2] == files[5]
+    # resume: coco-00003 is missing, so its group (00002, 00003) is redrawn whole
+    rd = RunDir(str(tmp_path / "split-2"))
+    rd.remove("coco", "coco-00003_0.png")
+    cfg = ImagesConfig(exact_per_image=False, images_per_call=2)
+    from selma_ray.images.generate import rows_to_draw
+
+    todo = rows_to_draw(rows, lambda r: rd.exists("coco", r["file_name"]), cfg)
+    _CallRecorder.calls = []
+    out = draw_rows(todo, cfg, rd.uri, in_process, generator_cls=_CallRecorder)
+    assert _CallRecorder.calls == [(("a cat 2", "a cat 3"), (rows[2]["seed"], rows[3]["seed"]))]
+    assert {r["file_name"]: r["written"] for r in out} == {
+        "coco-00002_0.png": False, "coco-00003_0.png": True
+    }  # fmt: skip
+    assert rd.read_bytes("coco", "coco-00003_0.png") == files[5]["coco-00003_0.png"]

@@ -228,9 +228,14 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 30.0):
+        """The expression's value once truthy; while the page loads (``document.body`` still
+        null, say) an expression that throws counts as not yet."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            value = self.eval(expression)
+            result = self.call(
+                "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+            )
+            value = None if "exceptionDetails" in result else result["result"].get("value")
             if value:
                 return value
             time.sleep(0.05)
