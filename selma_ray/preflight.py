@@ -178,6 +178,8 @@ def check_config(
     found.extend(_check_counts(cfg, stages))
     if "images" in stages:
         found.extend(_check_skill_data(cfg))
+    if "eval" in stages:
+        found.extend(_check_preference_refs(cfg))
     found.extend(_check_writable("--run-dir", run_dir))
     if "experts" in stages and cfg.train.storage_path:
         found.extend(_check_writable("train.storage_path", cfg.train.storage_path))
@@ -533,6 +535,22 @@ def _check_local_file(fld: str, uri: str) -> Findings:
         path = os.path.expanduser(uri.removeprefix("file://"))
         if not os.path.isfile(path):
             found.errors.append(Problem(fld, f"{uri!r} does not exist", "give an existing file"))
+    return found
+
+
+def _check_preference_refs(cfg: SelmaConfig) -> Findings:
+    """``eval.preference_models``: a ``tiny:`` reference of a known kind, or a local path that
+    exists. Hub ids (``owner/repo`` or ``owner/repo/file``) are fetched when the scorer loads."""
+    found = Findings()
+    for kind, ref in cfg.eval.preference_models.items():
+        fld = f"eval.preference_models.{kind}"
+        if is_tiny_ref(ref):
+            found.extend(_check_model_ref(fld, ref, None))
+        elif ref.startswith(_PATH_PREFIXES) and not os.path.exists(os.path.expanduser(ref)):
+            found.errors.append(
+                Problem(fld, f"{ref!r} is written as a local path but does not exist",
+                        "give an existing checkpoint, a hub id (owner/repo[/file]) or tiny:")
+            )  # fmt: skip
     return found
 
 

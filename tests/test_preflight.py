@@ -205,10 +205,16 @@ def test_bad_model_refs_are_refused_naming_each_field(tmp_path, monkeypatch):
         f"eval.clip_model={tmp_path / 'missing-dir'}",
         "prompts.engine=transformers",
         "prompts.model=not a model!",
+        "eval.preference_models.hps=tiny:hpsv9",
+        f"eval.preference_models.imagereward={tmp_path / 'no-such.pt'}",
     )
     found = check_config(cfg, str(tmp_path / "run"), ["prompts", "images", "eval"])
     by_field = {p.field: p for p in found.errors}
-    assert set(by_field) == {"prompts.model", "images.model", "eval.vqa_model", "eval.clip_model"}
+    assert set(by_field) == {
+        "prompts.model", "images.model", "eval.vqa_model", "eval.clip_model",
+        "eval.preference_models.hps", "eval.preference_models.imagereward",
+    }  # fmt: skip
+    assert "tiny:pickscore" in by_field["eval.preference_models.hps"].fix
     assert by_field["images.model"].fix.startswith("unset HF_HUB_OFFLINE or download it first")
     assert "tiny:sd, tiny:llm" in by_field["eval.vqa_model"].fix
     assert "does not exist" in by_field["eval.clip_model"].problem
