@@ -53,4 +53,6 @@ check images 240 python3 benchmarks/images.py --model "$MODEL" --n "$N" --steps 
   --resolution "$RES" --batch-size 8 --core --no-ray
 check batch_invariance 200 python3 benchmarks/batch_invariance.py --model "$MODEL" \
   --resolution "$RES" --steps 20 --n 8 --batch-size 4
+check serve_switch 240 python3 benchmarks/serve.py --model "$MODEL" --size "$RES" \
+  --steps "$STEPS" --n 8 --warmup 2 --skip-serve --hotswap both --json "$OUT/serve_switch.json"
 check unet_compile 240 python3 benchmarks/gpu_unet.py $UNET --compile --json

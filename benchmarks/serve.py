@@ -6,8 +6,9 @@ Three measurements, same model, run dir, prompt, size, steps and torch threads e
   :class:`selma_ray.serving.model.VariantPipeline` in this process, and through Serve
   (``POST /v1/images/generations`` on loopback: HTTP proxy -> ingress -> model replica);
 - the cost of switching LoRA variants: every request for the same expert vs requests alternating
-  between experts (and ``merged``), directly and over HTTP; plus the raw ``set_adapters`` time
-  the replica recorded;
+  between experts (and ``merged``), directly and over HTTP; plus the raw switch time the
+  replica recorded (``set_adapters``; with ``--hotswap on|both`` also the LoRA hot-swap's copy
+  into one slot, ``--compile`` on a compiled UNet, where hot-swap avoids a recompile);
 - throughput (images/s) with 1..C concurrent HTTP clients.
 
 The direct part runs first and is released before Serve starts, so the two never share cores.
@@ -49,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-gpus", type=float, default=0.0, help="serve.pool.gpus per replica")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of a local Ray (default all)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument(
+        "--hotswap", choices=("off", "on", "both"), default="off",
+        help="direct part: switch variants by set_adapters (off), LoRA hot-swap (on) or both",
+    )  # fmt: skip
+    p.add_argument("--compile", action="store_true", help="direct part: torch.compile the UNet")
     p.add_argument("--skip-direct", action="store_true")
     p.add_argument("--skip-serve", action="store_true")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -278,6 +284,12 @@ def print_table(results: dict[str, Any]) -> None:
         ss = f"{s['p50_ms']:.1f} / {s['p95_ms']:.1f}" if s else "-"
         sw = f"{d['set_adapters_ms']:.2f}" if d and "set_adapters_ms" in d else ""
         print(f"{name:<16}{dd:>22}{ss:>22}{sw:>12}")
+    hot = results.get("direct_hotswap", {}).get("alternating")
+    if hot:
+        print(
+            f"{'alternating, hot-swap':<24}{hot['p50_ms']:>8.1f} / {hot['p95_ms']:.1f}"
+            f"{'':>22}{hot.get('set_adapters_ms', 0.0):>12.2f}"
+        )
     for c, t in served.get("throughput", {}).items():
         print(
             f"concurrency {c:<4} {t['images_per_s']:>7.2f} img/s   p50 {t['p50_ms']:.0f} ms   "
@@ -307,7 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n,
     }
     if not args.skip_direct:
-        results["direct"] = bench_direct(args, spec)
+        import dataclasses
+
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.hotswap]
+        for hotswap in modes:
+            key = "direct_hotswap" if hotswap else "direct"
+            one = dataclasses.replace(spec, hotswap=hotswap, compile=args.compile)
+            results[key] = bench_direct(args, one)
     if not args.skip_serve:
         results["serve"] = bench_serve(args, run_dir, spec)
     print(json.dumps(results, indent=2))

@@ -482,6 +482,21 @@ class ServeConfig(Section):
     max_ongoing_requests: int = Field(4, ge=1, json_schema_extra=RUNTIME)
     max_queued_requests: int = Field(16, ge=-1, json_schema_extra=RUNTIME)
     request_timeout_s: float = Field(60.0, gt=0, json_schema_extra=RUNTIME)
+    compile: bool = Field(
+        False,
+        description="torch.compile each replica's UNet (the first requests of a shape compile it).",
+        json_schema_extra=RUNTIME,
+    )
+    lora_hotswap: bool | None = Field(
+        None,
+        description=(
+            "Switch variants by copying their LoRA weights into one adapter slot (diffusers "
+            "LoRA hot-swap): a compiled UNet is not recompiled and one adapter's memory is "
+            "held; None = on with compile. Off: every adapter stays loaded and a switch only "
+            "changes the active one."
+        ),
+        json_schema_extra=RUNTIME,
+    )
 
 
 # --------------------------------------------------------------------------- infrastructure

@@ -263,7 +263,6 @@ def load_pipeline(
     device: str | None = None,
 ) -> Any:
     """The diffusers pipeline of ``model`` on ``device`` (``images.*`` settings of that name)."""
-    import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
@@ -288,9 +287,9 @@ def load_pipeline(
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     _set_attention(pipe, attention)
-    if compile:
+    if compile:  # in place (nn.Module.compile): LoRA loading still finds the module's adapters
         denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-        setattr(pipe, denoiser, torch.compile(getattr(pipe, denoiser)))
+        getattr(pipe, denoiser).compile()
     return pipe
 
 

@@ -17,6 +17,14 @@ then only flips which adapter is active: ``enable_lora()`` + ``set_adapters([nam
 (``benchmarks/serve.py`` measures the switch), and the switch is skipped when the variant is
 already active. The cost is memory: all adapters stay resident.
 
+Hot-swap (``serve.lora_hotswap``, on by default with ``serve.compile``): the pipeline holds ONE
+adapter slot instead, sized for the largest rank (``enable_lora_hotswap(target_rank=...)``);
+every variant's LoRA stays in memory as tensors, and a switch copies the wanted one into the
+slot (``load_lora_weights(..., hotswap=True)``; ``base`` is an all-zero LoRA, so its images are
+the plain pipeline's). Shapes and the scaling tensors never change, so a compiled UNet is not
+recompiled, and the images equal a fresh pipeline's with that variant's LoRA alone (tested).
+Every adapter must target the UNet's modules alone.
+
 Isolation: the adapter state is global to the pipeline, so activate-then-denoise must be atomic.
 :class:`VariantPipeline` holds a lock around switch + denoise, and :class:`PipelineWorker` runs
 every generation on ONE worker thread, so concurrent requests for different variants never see
@@ -71,6 +79,8 @@ __all__ = [
 #: Model names of the API (not paths): the base model without LoRA, and the merged LoRA.
 BASE = "base"
 MERGED = "merged"
+#: The one adapter of a hot-swapping pipeline, whose weights each switch replaces.
+HOTSWAP_SLOT = "selma_slot"
 #: Pickle formats that are never loaded (they can run code on load).
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: Allowed expert (skill) names: they become model names in the API.
@@ -93,13 +103,18 @@ class ModelSpec:
     adapters: Mapping[str, str] = field(default_factory=dict)
     kinds: Mapping[str, str] = field(default_factory=dict)
     defaults: Defaults = field(default_factory=Defaults)
+    #: torch.compile the UNet; switch variants by LoRA hot-swap (see :class:`VariantPipeline`)
+    compile: bool = False
+    hotswap: bool = False
 
     @property
     def variants(self) -> tuple[str, ...]:
-        """``base``, then ``merged`` (if present), then the experts in name order."""
+        """``base``, then ``merged`` (if present), the joint baseline (if trained), then the
+        experts in name order."""
         experts = sorted(v for v, k in self.kinds.items() if k == "expert")
         merged = [MERGED] if MERGED in self.adapters else []
-        return (BASE, *merged, *experts)
+        joint = [v for v, k in self.kinds.items() if k == "joint"]
+        return (BASE, *merged, *joint, *experts)
 
     @property
     def default_variant(self) -> str:
@@ -209,6 +224,8 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
         adapters=adapters,
         kinds=kinds,
         defaults=Defaults.from_images_config(cfg.variant_images(), limits),
+        compile=cfg.serve.compile,
+        hotswap=cfg.serve.compile if cfg.serve.lora_hotswap is None else cfg.serve.lora_hotswap,
     )
 
 
@@ -270,9 +287,15 @@ class VariantPipeline:
         self.adapter_names: dict[str, str] = {}
         rd = RunDir(spec.run_dir)
         t1 = time.perf_counter()
-        for variant, rel_path in spec.adapters.items():
-            self._load_adapter(rd, variant, rel_path)
+        self._states: dict[str, tuple[Any, Any, Any]] = {}  # hot-swap: every variant's LoRA
+        if spec.hotswap and spec.adapters:
+            self._load_hotswap(rd)
+        else:
+            for variant, rel_path in spec.adapters.items():
+                self._load_adapter(rd, variant, rel_path)
         self.adapter_load_seconds = time.perf_counter() - t1
+        if spec.compile:  # in place (nn.Module.compile): diffusers still finds its adapters
+            self.pipe.unet.compile()
         self._lock = threading.Lock()
         self._active: str | None = None
         self.stats: dict[str, float] = {
@@ -310,6 +333,60 @@ class VariantPipeline:
                 raise ValueError(msg) from e
         self.adapter_names[variant] = name
 
+    def _load_hotswap(self, rd: RunDir) -> None:
+        """Every adapter's LoRA in memory (tensors, alphas and the rank/alpha metadata its file
+        carries), and one slot sized for the largest rank."""
+        for variant, rel_path in self.spec.adapters.items():
+            if not rel_path.endswith(".safetensors"):
+                msg = f"{rd.url(rel_path)}: only .safetensors adapters are loaded (never pickle)"
+                raise ValueError(msg)
+            with tempfile.TemporaryDirectory(prefix="selma-lora-") as tmp:
+                with open(os.path.join(tmp, layout.LORA_FILE), "wb") as f:
+                    f.write(rd.read_bytes(*rel_path.split("/")))
+                state, alphas, metadata = self.pipe.lora_state_dict(
+                    tmp, weight_name=layout.LORA_FILE, return_lora_metadata=True
+                )
+            other = sorted(k for k in state if not k.startswith("unet."))
+            if other:
+                msg = (
+                    f"{rd.url(rel_path)} (variant {variant!r}) adapts more than the UNet "
+                    f"({other[0]}, ...); LoRA hot-swap covers the UNet only: set "
+                    "serve.lora_hotswap=false"
+                )
+                raise ValueError(msg)
+            self._states[variant] = (state, alphas, metadata)
+        # BASE: the first adapter's shapes, all zero (the LoRA adds exactly nothing)
+        state, alphas, metadata = next(iter(self._states.values()))
+        self._states[BASE] = ({k: t.new_zeros(t.shape) for k, t in state.items()}, alphas, metadata)
+        ranks = [t.shape[0] for s, _, _ in self._states.values() for k, t in s.items()
+                 if "lora_A" in k or "lora.down" in k]  # fmt: skip
+        self.pipe.enable_lora_hotswap(target_rank=max(ranks))
+        self._swap_in(BASE, hotswap=False)
+        self.adapter_names = {v: HOTSWAP_SLOT for v in self.spec.adapters}
+
+    def _swap_in(self, variant: str, *, hotswap: bool = True) -> None:
+        """Copy ``variant``'s LoRA into the slot (its tensors cloned: diffusers may keep the
+        ones it is given as the slot's own, and later swaps write into those)."""
+        state, alphas, metadata = self._states[variant]
+        try:
+            with _quiet_lora_loading():
+                self.pipe.load_lora_into_unet(
+                    {k: t.clone() for k, t in state.items()},
+                    alphas,
+                    unet=self.pipe.unet,
+                    adapter_name=HOTSWAP_SLOT,
+                    _pipeline=self.pipe,
+                    hotswap=hotswap,
+                    metadata=metadata,
+                )
+        except (ValueError, RuntimeError, KeyError) as e:
+            msg = (
+                f"could not hot-swap variant {variant!r} into {self.spec.base_model!r}: {e}. "
+                "Hot-swap needs every adapter to target the same modules (or set "
+                "serve.lora_hotswap=false)"
+            )
+            raise ValueError(msg) from e
+
     def activate(self, variant: str) -> float:
         """Make ``variant`` the active adapter (callers hold the lock); returns its seconds."""
         if variant == self._active:
@@ -319,7 +396,9 @@ class VariantPipeline:
             raise KeyError(msg)
         t0 = time.perf_counter()
         self._active = None  # if switching fails midway, the next call switches again
-        if variant == BASE:
+        if self._states:
+            self._swap_in(variant)
+        elif variant == BASE:
             if self.adapter_names:
                 self.pipe.disable_lora()
         else:
