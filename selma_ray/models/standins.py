@@ -560,6 +560,18 @@ VILT_ANSWERS = ("yes", "no", "0", "1", "2", "3", "red", "blue", "green", "cat", 
                 "right", "table")  # fmt: skip
 
 
+def _word_bert_tokenizer(tmp: str, model_max_length: int) -> Any:
+    """A lower-casing BERT WordPiece tokenizer over the stand-ins' word list (:data:`_WORDS`,
+    then single letters), its vocab file written into ``tmp``."""
+    from transformers import BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab_file = Path(tmp, "vocab.txt")
+    words = [*specials, *_WORDS, *(c for c in _LETTERS if c not in _WORDS)]
+    vocab_file.write_text("\n".join(words) + "\n", encoding="utf-8")
+    return BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=model_max_length)
+
+
 def make_vilt(path: str | os.PathLike[str], seed: int = 0) -> str:
     """Stand-in for ``dandelin/vilt-b32-finetuned-vqa`` (VQA by answer classification).
 
@@ -568,7 +580,6 @@ def make_vilt(path: str | os.PathLike[str], seed: int = 0) -> str:
     ``id2label`` answer vocabulary (:data:`VILT_ANSWERS`).
     """
     from transformers import (
-        BertTokenizer,
         ViltConfig,
         ViltForQuestionAnswering,
         ViltImageProcessor,
@@ -577,11 +588,7 @@ def make_vilt(path: str | os.PathLike[str], seed: int = 0) -> str:
 
     out = Path(path)
     with _BUILD_LOCK, tempfile.TemporaryDirectory() as tmp:
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        vocab_file = Path(tmp, "vocab.txt")
-        words = [*specials, *_WORDS, *(c for c in _LETTERS if c not in _WORDS)]
-        vocab_file.write_text("\n".join(words) + "\n", encoding="utf-8")
-        tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=40)
+        tokenizer = _word_bert_tokenizer(tmp, model_max_length=40)
         config = ViltConfig(
             vocab_size=len(tokenizer),
             hidden_size=32,
@@ -837,7 +844,6 @@ def make_imagereward(path: str | os.PathLike[str], seed: int = 0) -> str:
     image).
     """
     import torch
-    from transformers import BertTokenizer
 
     from selma_ray.evaluation.preference import (
         IMAGEREWARD_CHECKPOINT,
@@ -849,11 +855,7 @@ def make_imagereward(path: str | os.PathLike[str], seed: int = 0) -> str:
 
     out = Path(path)
     with _BUILD_LOCK, tempfile.TemporaryDirectory() as tmp:
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        vocab_file = Path(tmp, "vocab.txt")
-        words = [*specials, *_WORDS, *(c for c in _LETTERS if c not in _WORDS)]
-        vocab_file.write_text("\n".join(words) + "\n", encoding="utf-8")
-        tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True, model_max_length=512)
+        tokenizer = _word_bert_tokenizer(tmp, model_max_length=512)
         tokenizer.add_special_tokens({"bos_token": "[DEC]"})
         tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
         vit = {"img_size": 32, "patch_size": 16, "embed_dim": 48, "depth": 2, "num_heads": 4,
