@@ -1,12 +1,21 @@
-"""Check: in batched mode (``images.exact_per_image: false``), is an image's bytes independent of
-which rows shared its batch and where it sat?
+"""Check: in batched mode (``images.exact_per_image: false``), does an image's bytes depend on
+how the rows reach the workers, and on which rows share its batch?
 
-Draws ``--n`` images with the stage's :class:`~selma_ray.images.generate.ImageGenerator` in
-batched mode (every pipeline call padded to ``--batch-size``) three times, with the rows grouped
-differently each time (in order; in uneven groups; reversed), and counts the images whose PNG
-bytes equal the first drawing. Prints the throughput of batched vs one-image-per-call drawing
-too. On the CPU with tiny:sd the answer is all of them (also a test); run it on a GPU box to
-check that machine's kernels:
+Two parts, both on ``--n`` images in batched mode (every pipeline call padded to
+``--batch-size``):
+
+- the stage as it runs: the same rows through :func:`~selma_ray.images.stage.draw_rows` (an
+  :class:`~selma_ray.execution.InProcessExecutor`, a fresh generator each time) with two task
+  splits (``--task-splits``: ``images.rows_per_task`` values, the second drawing with the rows
+  in reverse order). The batch plan is a pure function of the rows and the batch size, so every
+  image should be byte-identical: on a GPU too;
+- for information, regrouping: the stage's
+  :class:`~selma_ray.images.generate.ImageGenerator` called on rows grouped three ways (in
+  order; in uneven groups; reversed), as batches the plan would never form. On a GPU, fp16
+  kernels depend on a sample's batch and position, so fewer images match there.
+
+Prints the counts of identical images and the throughput of batched vs one-image-per-call
+drawing (``--no-exact`` leaves the latter out); ``--json PATH`` writes them to PATH.
 
     python benchmarks/batch_invariance.py                                   # tiny:sd on CPU
     python benchmarks/batch_invariance.py --model tiny:sd15-size --resolution 512 --steps 20
@@ -15,6 +24,7 @@ check that machine's kernels:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -42,13 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--dtype", default="auto")
+    p.add_argument(
+        "--task-splits", type=int, nargs=2, default=None, metavar=("A", "B"),
+        help="images.rows_per_task of the two stage drawings (batch size and 3x it)",
+    )  # fmt: skip
+    p.add_argument("--no-exact", action="store_true", help="no one-image-per-call drawing")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results here")
     args = p.parse_args(argv)
+    splits = args.task_splits or [args.batch_size, 3 * args.batch_size]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     import numpy as np
 
     from selma_ray.config import ImagesConfig
+    from selma_ray.execution import InProcessExecutor
     from selma_ray.images.generate import ImageGenerator, plan_rows
+    from selma_ray.images.stage import draw_rows
     from selma_ray.storage import RunDir
 
     cfg = ImagesConfig(
@@ -77,24 +96,62 @@ def main(argv: list[str] | None = None) -> int:
         files = {r["file_name"]: gen.out.read_bytes(r["skill"], r["file_name"]) for r in order}
         return files, seconds
 
+    def draw_stage(name: str, order: list[dict], rows_per_task: int) -> dict[str, bytes]:
+        """The rows through the stage's draw_rows, in a fresh generator (as a new actor)."""
+        out = RunDir(f"memory://invariance-{name}/images")
+        split = cfg.model_copy(update={"rows_per_task": rows_per_task})
+        draw_rows(order, split, out.url(), InProcessExecutor())
+        return {r["file_name"]: out.read_bytes(r["skill"], r["file_name"]) for r in order}
+
     draw("warmup", rows[: args.batch_size], args.batch_size)
     ref, t_batched = draw("in-order", rows, args.batch_size)
     uneven, _ = draw("uneven", rows, max(1, args.batch_size - 1))
     reversed_, _ = draw("reversed", rows[::-1], args.batch_size + 1)
-    gen.exact = True
-    _, t_exact = draw("exact", rows, args.batch_size)
+    t_exact = None
+    if not args.no_exact:
+        gen.exact = True
+        _, t_exact = draw("exact", rows, args.batch_size)
+    split_a = draw_stage("split-a", rows, splits[0])
+    split_b = draw_stage("split-b", rows[::-1], splits[1])
 
+    def same(files: dict[str, bytes], reference: dict[str, bytes]) -> int:
+        return sum(files[k] == v for k, v in reference.items())
+
+    result = {
+        "model": args.model,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "resolution": args.resolution,
+        "device": str(gen.device),
+        "dtype": args.dtype,
+        "task_splits": splits,
+        "task_splits_identical": same(split_b, split_a),
+        "task_splits_all_identical": split_a == split_b,
+        "task_split_vs_in_order_identical": same(split_a, ref),
+        "regrouped_identical": {"uneven": same(uneven, ref), "reversed": same(reversed_, ref)},
+        "batched_images_per_s": args.n / t_batched,
+        "exact_images_per_s": args.n / t_exact if t_exact else None,
+    }
     print(
         f"model {args.model}, {args.n} images, batch {args.batch_size}, {args.steps} steps, "
         f"{args.resolution} px, device {gen.device}, dtype {args.dtype}"
     )
-    for name, files in (("uneven groups", uneven), ("reversed order", reversed_)):
-        same = sum(files[k] == v for k, v in ref.items())
-        print(f"{name:<16} {same}/{len(ref)} images byte-identical to the in-order drawing")
     print(
-        f"throughput: batched {args.n / t_batched:.2f} images/s, one per call "
-        f"{args.n / t_exact:.2f} images/s ({t_exact / t_batched:.2f}x)"
+        f"{'task splits':<16} {result['task_splits_identical']}/{args.n} images byte-identical "
+        f"between draw_rows with rows_per_task {splits[0]} and {splits[1]} (rows reversed)"
     )
+    for name, key in (("uneven groups", "uneven"), ("reversed order", "reversed")):
+        k = result["regrouped_identical"][key]
+        print(f"{name:<16} {k}/{args.n} images byte-identical to the in-order drawing")
+    line = f"throughput: batched {args.n / t_batched:.2f} images/s"
+    if t_exact:
+        line += f", one per call {args.n / t_exact:.2f} images/s ({t_exact / t_batched:.2f}x)"
+    print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
     return 0
 
 

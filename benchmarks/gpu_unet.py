@@ -10,7 +10,8 @@ peak (table below, or ``--peak-tflops``).
 
     python benchmarks/gpu_unet.py                       # SD-1.5 UNet, 512 px, 30 steps, batch 8
     python benchmarks/gpu_unet.py --compile --dtype fp16
-    python benchmarks/gpu_unet.py --tiny                # tiny UNet on CPU, seconds (smoke test)
+    python benchmarks/gpu_unet.py --tiny                # tiny:sd's UNet on CPU (smoke test)
+    python benchmarks/gpu_unet.py --json out.json       # also the results as JSON
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 try:
     import selma_ray  # noqa: F401
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Stable Diffusion 1.5's UNet config, shared with the ``tiny:sd15-size`` pipeline builder
+# Stable Diffusion 1.5's UNet config, shared with the ``tiny:sd15-size`` pipeline builder; the
+# ``--tiny`` UNet is ``tiny:sd``'s (so its FLOP count is that of the tiny pipeline's UNet)
 from selma_ray.models.tiny import SD15_UNET_CONFIG as SD15_UNET  # noqa: E402
+from selma_ray.models.tiny import SD_VAE_CONFIG, TINY_SD_VAE_CONFIG  # noqa: E402
+from selma_ray.models.tiny import TINY_SD_UNET_CONFIG as TINY_UNET  # noqa: E402
+
+#: Image px per latent px of the pipeline's VAE (8 for SD's; 2 for tiny:sd's two blocks).
+VAE_FACTOR = 2 ** (len(SD_VAE_CONFIG["block_out_channels"]) - 1)
+TINY_VAE_FACTOR = 2 ** (len(TINY_SD_VAE_CONFIG["block_out_channels"]) - 1)
 
 #: Dense fp16/bf16 tensor-core peak, TFLOP/s, by device-name substring (first match wins).
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -42,19 +49,6 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("L4", 121.0),
     ("V100", 125.0),
 )
-
-TINY_UNET: dict[str, Any] = {
-    "sample_size": 8,
-    "in_channels": 4,
-    "out_channels": 4,
-    "layers_per_block": 1,
-    "block_out_channels": (32, 64),
-    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-    "cross_attention_dim": 32,
-    "attention_head_dim": 8,
-    "norm_num_groups": 8,
-}
 
 TEXT_TOKENS = 77
 
@@ -70,14 +64,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="images per denoising run (8)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (30)")
-    p.add_argument("--resolution", type=int, default=None, help="image px; latents /8 (512)")
+    p.add_argument(
+        "--resolution", type=int, default=None, help="image px (512); latents /8 (tiny: /2)"
+    )
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="(bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    p.add_argument(
+        "--compile-backend", default="inductor",
+        help="torch.compile backend (inductor; aot_eager traces without code generation: a "
+        "CPU smoke test of the compiled path in seconds)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=None, help="timed runs after warm-up (3)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the peak table")
     p.add_argument("--no-cfg", action="store_true", help="no classifier-free guidance")
-    p.add_argument("--tiny", action="store_true", help="tiny UNet on CPU: a smoke test")
-    p.add_argument("--json", action="store_true", help="also print one JSON line of results")
+    p.add_argument("--tiny", action="store_true", help="tiny:sd's UNet on CPU: a smoke test")
+    p.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH",
+        help="also print one JSON line of results (and write it to PATH when given)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     tiny = args.tiny
     args.batch = args.batch or (1 if tiny else 8)
@@ -85,8 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.resolution = args.resolution or (64 if tiny else 512)
     args.dtype = args.dtype or ("fp32" if tiny else "bf16")
     args.repeats = args.repeats or (1 if tiny else 3)
-    if args.resolution % 8:
-        p.error(f"--resolution {args.resolution}: must be a multiple of 8 (latents are 1/8)")
+    factor = TINY_VAE_FACTOR if tiny else VAE_FACTOR
+    if args.resolution % factor:
+        p.error(f"--resolution {args.resolution}: must be a multiple of {factor} (the latents')")
     return args
 
 
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg_scale = 1.0 if args.no_cfg else 7.5
     copies = 1 if args.no_cfg else 2
-    lat = args.resolution // 8
+    lat = args.resolution // (TINY_VAE_FACTOR if args.tiny else VAE_FACTOR)
     latents0 = torch.randn(args.batch, 4, lat, lat, device=device, dtype=dtype)
     text = torch.randn(
         args.batch * copies, TEXT_TOKENS, cfg["cross_attention_dim"], device=device, dtype=dtype
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     timesteps = torch.linspace(999, 0, args.steps, device=device).long()
     alphas = torch.linspace(0.1, 0.99, args.steps, device=device, dtype=dtype)
 
-    model = torch.compile(unet) if args.compile else unet
+    model = torch.compile(unet, backend=args.compile_backend) if args.compile else unet
 
     def step(latents: torch.Tensor, i: int) -> torch.Tensor:
         x = torch.cat([latents] * copies) if copies > 1 else latents
@@ -182,13 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         "device": name,
         "unet": "tiny" if args.tiny else "sd15",
         "params_m": round(n_params / 1e6, 1),
+        "params": n_params,
         "dtype": args.dtype,
         "compile": args.compile,
+        "compile_backend": args.compile_backend if args.compile else None,
         "batch": args.batch,
         "resolution": args.resolution,
+        "latent_size": lat,
         "steps": args.steps,
         "cfg": copies > 1,
         "gflop_per_unet_call": round(flops_per_step / 1e9, 2),
+        # one image's UNet forward (the call sees batch x CFG copies of it)
+        "flop_per_sample": flops_per_step // (args.batch * copies),
         "warmup_s": round(warmup_s, 3),
         "seconds_per_batch": round(best, 4),
         "images_per_s": round(images_per_s, 3),
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": peak,
         "mfu": round(achieved / peak, 4) if peak else None,
     }
-    mode = "compiled" if args.compile else "eager"
+    mode = f"compiled ({args.compile_backend})" if args.compile else "eager"
     unet_desc = f"{result['unet']} ({result['params_m']} M params), {args.dtype}, {mode}, SDPA"
     cfg_desc = ", CFG (UNet batch x2)" if copies > 1 else ""
     work_desc = f"batch {args.batch} x {args.steps} steps, {args.resolution} px{cfg_desc}"
@@ -209,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         ("time / batch", f"{best:.3f} s (best of {args.repeats})"),
         ("images/s", f"{images_per_s:.3f}"),
         ("achieved TFLOP/s", f"{achieved:.2f}"),
-        ("peak TFLOP/s", f"{peak:.0f} (dense)" if peak else "unknown (pass --peak-tflops)"),
+        ("peak TFLOP/s", f"{peak:g} (dense)" if peak else "unknown (pass --peak-tflops)"),
         ("of peak", f"{100 * achieved / peak:.1f} %" if peak else "-"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<{width}}  {value}")
     if args.json:
         print(json.dumps(result))
+        if args.json != "-":
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -10,8 +10,9 @@ column draws ``--n`` images and writes them as PNG files:
   image per UNet call (the default, byte-reproducible) or ``--batch-size`` images per call.
 
 ``--no-ray`` leaves out the Ray columns (a GPU box without Ray installed: the core and the
-bare loop still compare). ``--model tiny:sd15-size`` is Stable Diffusion 1.5's architecture at
-full size with random weights, for GPUs where no weights can be downloaded.
+bare loop still compare); ``--no-bare`` the bare loop. ``--json PATH`` writes every column's
+numbers (median over the runs) to PATH. ``--model tiny:sd15-size`` is Stable Diffusion 1.5's
+architecture at full size with random weights, for GPUs where no weights can be downloaded.
 
 Start-up (imports + pipeline load for the bare loop; Ray Data planning + actor start + load for
 Ray) is reported apart from the steady-state rate, which leaves out each worker's first image
@@ -59,8 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="where tiny models are built")
     p.add_argument("--core", action="store_true", help="add the in-process ImageGenerator")
     p.add_argument("--no-ray", action="store_true", help="leave out the Ray Data columns")
+    p.add_argument("--no-bare", action="store_true", help="leave out the bare diffusers loop")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the columns here")
     p.add_argument("--repeats", type=int, default=1, help="runs of every column (median)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.no_bare and args.no_ray and not args.core:
+        p.error("--no-bare and --no-ray without --core leave nothing to run")
+    return args
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -209,12 +215,13 @@ def core_generator(
 
 
 def table(columns: dict[str, dict[str, Any]], ray_init_s: float | None) -> str:
-    base = columns["bare"]["steady_ips"]
+    base_name = next(iter(columns))
+    base = columns[base_name]["steady_ips"]
     lines: list[tuple[str, list[str]]] = [
         ("workers that drew", [str(int(c["workers"])) for c in columns.values()]),
         ("start-up (s)", [f"{c['startup_s']:.1f}" for c in columns.values()]),
         ("steady images/s", [f"{c['steady_ips']:.2f}" for c in columns.values()]),
-        ("steady vs bare", [f"{c['steady_ips'] / base:.2f}x" for c in columns.values()]),
+        (f"steady vs {base_name}", [f"{c['steady_ips'] / base:.2f}x" for c in columns.values()]),
         (
             "steady images/s per run",
             [" ".join(f"{v:.2f}" for v in c["steady_runs"]) for c in columns.values()],
@@ -252,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             # the columns take turns, run after run, so a slow spell of the machine hits all
             for r in range(args.repeats):
                 columns: dict[str, dict[str, Any]] = {}
-                columns["bare"] = bare_loop(args, rows, os.path.join(tmp, f"bare-{r}"))
+                if not args.no_bare:
+                    columns["bare"] = bare_loop(args, rows, os.path.join(tmp, f"bare-{r}"))
                 if args.core:
                     for exact in (True, False):
                         name = "core exact" if exact else "core batched"
@@ -276,7 +284,25 @@ def main(argv: list[str] | None = None) -> int:
         f"batch {args.batch_size}, {args.threads} torch thread(s) per worker, Ray columns "
         f"{mode}, {os.cpu_count()} CPUs, median of {args.repeats} run(s)"
     )
-    print(table(median_columns(runs), ray_init_s))
+    medians = median_columns(runs)
+    print(table(medians, ray_init_s))
+    if args.json:
+        import json
+
+        result = {
+            "model": args.model,
+            "n": args.n,
+            "steps": args.steps,
+            "resolution": args.resolution,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "ray_batched": args.batched,
+            "ray_init_s": ray_init_s,
+            "columns": medians,
+        }
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
     return 0
 
 

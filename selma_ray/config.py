@@ -327,6 +327,16 @@ class ImagesConfig(Section):
             "a group is always drawn whole in the same positions (see the README)."
         ),
     )
+    safety_checker: bool = Field(
+        False,
+        description=(
+            "Keep the safety checker a pipeline ships with (the SD 1.x/2.x hub pipelines; it "
+            "blacks out flagged images). False loads the pipeline without it. True: the images "
+            "stage drops flagged images (not drawn again, counted as nsfw_flagged in "
+            "images/stats.json); the eval stage keeps them and lists them per variant in "
+            "eval/report.json."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- stage 3: experts

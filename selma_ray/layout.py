@@ -7,6 +7,7 @@ Nothing else in selma-ray names a run-directory folder or file::
     config.yaml  manifest.json
     prompts/<skill>.jsonl  <skill>.parquet  stats.json  state/
     images/<skill>/<prompt_id>_<i>.png  metadata.jsonl      images/stats.json
+    images/<skill>/<prompt_id>_<i>.png.nsfw_flagged  (images.safety_checker: flagged, not kept)
     cache/<skill>/inputs.safetensors  cache.json             cache/encode.json
     train/expert-<skill>/                (Ray Train runs: checkpoints for resume)
     experts/<skill>/pytorch_lora_weights.safetensors  expert.json  curves.json
@@ -14,6 +15,8 @@ Nothing else in selma-ray names a run-directory folder or file::
     merged/pytorch_lora_weights.safetensors  merge.json  README.md  pipeline/
     eval/images/<variant>/<item_id>.png  answers.parquet  report.json  report.html
     eval/answers/part-<hash>.parquet  stats.json    (VQA answers as they come: resume)
+    eval/scores/part-<hash>.parquet                 (CLIP / preference scores as they come)
+    eval/images/<variant>/<item_id>.png.nsfw_flagged  (flagged by the safety checker, kept)
     eval/table.md  table.csv                        (the paper's comparison table)
     eval/votes/<rater>-<uuid>.json                  (human side-by-side votes, one per file)
     logs/
@@ -125,6 +128,22 @@ def images_stats() -> Parts:
     return (IMAGES, STATS_FILE)
 
 
+#: Suffix of the marker an image drawer writes beside (stage 2: instead of) an image that the
+#: pipeline's safety checker flagged (``images.safety_checker``).
+FLAGGED_SUFFIX = ".nsfw_flagged"
+
+
+def flagged_marker(file_name: str) -> str:
+    """The marker's file name for the image ``file_name``, in the image's own folder (stage 2's
+    ``images/<skill>/``, the eval stage's ``eval/images/<variant>/``)."""
+    return f"{file_name}{FLAGGED_SUFFIX}"
+
+
+def flagged_image(marker: str) -> str | None:
+    """The image file name a marker (:func:`flagged_marker`) stands for; None if not a marker."""
+    return marker[: -len(FLAGGED_SUFFIX)] if marker.endswith(FLAGGED_SUFFIX) else None
+
+
 # ----------------------------------------------------------------------- stage 3
 def cache_dir(skill: str) -> Parts:
     return (CACHE, skill)
@@ -208,6 +227,12 @@ def eval_answers() -> Parts:
 def eval_answer_parts(*name: str) -> Parts:
     """The folder (or one file) of answer parts, written per batch as the VQA model answers."""
     return (EVAL, "answers", *name)
+
+
+def eval_score_parts(*name: str) -> Parts:
+    """The folder (or one file) of CLIPScore / preference score parts, written per batch as
+    the scorers score (keyed by variant, item, scorer and its model)."""
+    return (EVAL, "scores", *name)
 
 
 def eval_plan() -> Parts:

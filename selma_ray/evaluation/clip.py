@@ -22,6 +22,9 @@ from selma_ray.evaluation.vqa import read_image
 class ClipScorer:
     """Ray Data callable class: CLIPScore of each row's image against its text."""
 
+    #: the output column (named like the preference scorers' ``column``)
+    column = "clip_score"
+
     def __init__(
         self,
         model_ref: str,
@@ -72,5 +75,5 @@ class ClipScorer:
         uris = [str(u) for u in batch["image_uri"]]
         texts = [str(t) for t in batch["text"]]
         out = dict(batch)
-        out["clip_score"] = self.score([read_image(u) for u in uris], texts).astype(np.float64)
+        out[self.column] = self.score([read_image(u) for u in uris], texts).astype(np.float64)
         return out

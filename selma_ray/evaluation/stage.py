@@ -18,14 +18,22 @@ Each batch's answers are saved as they come (:class:`AnswerSaver`: one part file
 under ``eval/answers/``), so a rerun after a kill or a failure asks only the questions with no
 saved answer: key (variant, benchmark, item_id, question_id), for the same question text and
 the same VQA settings (model, answer matcher); ``eval/stats.json`` says how many were asked
-now and how many were answered before. The answers are assembled into ``eval/answers.parquet``
-(``item_id, question_id, answer, model`` = variant, ``benchmark``, ``question``), which
-``selma-ray evaluate rescore dsg1k eval/answers.parquet`` re-scores to the same DSG-1k numbers
-(both use the ``reference`` rules). The human-preference scorers (``eval.preference_models``:
-PickScore, ImageReward, HPS v2; :mod:`selma_ray.evaluation.preference`) score every variant's
-images on the same pool, one row per (variant, item). Scores, CLIPScore and the preference
-scores go to ``eval/report.json``, and the HTML
-report is rebuilt (:func:`selma_ray.evaluation.report.build_report`).
+now and how many were answered before. Once every question has its answer, the part files of
+these VQA settings are folded into one (written before the folded ones are removed; parts of
+other settings stay). The answers are assembled into ``eval/answers.parquet`` (``item_id,
+question_id, answer, free_answer, model`` = variant, ``benchmark``, ``question``: ``answer`` is
+what scoring used, :func:`~selma_ray.evaluation.vqa.scored_answer`, and ``free_answer`` the VQA
+model's text as it came back), which ``selma-ray evaluate rescore dsg1k eval/answers.parquet``
+re-scores to the same DSG-1k numbers (both use the ``reference`` rules). CLIPScore and the
+human-preference scorers (``eval.preference_models``: PickScore, ImageReward, HPS v2;
+:mod:`selma_ray.evaluation.preference`) score every variant's images on the same pool, one row
+per (variant, item), saved as they come like the answers (:class:`ScoreSaver`, under
+``eval/scores/``, keyed by variant, item, scorer and its model; folded the same way), so a
+rerun scores only images with no saved score (``eval/stats.json``: ``scores``). With
+``images.safety_checker`` on, an image the checker flags is kept as drawn (black) and listed
+per variant (``nsfw_flagged``). Scores, CLIPScore and the preference scores go to
+``eval/report.json``, and the HTML report is rebuilt
+(:func:`selma_ray.evaluation.report.build_report`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import logging
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from selma_ray import layout
@@ -175,7 +184,11 @@ def variant_loras(cfg: SelmaConfig, run_dir: RunDir) -> dict[str, str | None]:
 
 class LoraImageGenerator(ImageGenerator):
     """:class:`ImageGenerator` whose rows name a variant (``skill`` column) and whose LoRA is
-    loaded before drawing them (swapped when the variant changes; rows come sorted by it)."""
+    loaded before drawing them (swapped when the variant changes; rows come sorted by it).
+    An image the safety checker flags is kept as drawn (black), beside its marker: every
+    variant is scored on the same items."""
+
+    drop_flagged = False
 
     def __init__(
         self,
@@ -288,7 +301,29 @@ def draw_variants(
             truncated,
             len(drawn),
         )
+    flagged = sum(bool(r.get("nsfw_flagged")) for r in drawn)
+    if flagged:  # one line for the stage
+        log.warning(
+            "eval: the safety checker flagged %d of %d images drawn; they are kept as the "
+            "pipeline drew them (black) and listed per variant in eval/report.json",
+            flagged,
+            sum(bool(r.get("written")) for r in drawn),
+        )
     return drawn
+
+
+def flagged_items(run_dir: RunDir, image_rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """{variant: item ids} of the planned images the safety checker flagged (those with a
+    marker, :func:`selma_ray.layout.flagged_marker`), in the plan's order."""
+    variants = dict.fromkeys(str(r["skill"]) for r in image_rows)
+    marked = {
+        v: {layout.flagged_image(n) for n in run_dir.listdir(*eval_images(v))} for v in variants
+    }
+    out: dict[str, list[str]] = {v: [] for v in variants}
+    for r in image_rows:
+        if r["file_name"] in marked[str(r["skill"])]:
+            out[str(r["skill"])].append(str(r["prompt_id"]))
+    return out
 
 
 # --------------------------------------------------------------------------- answers
@@ -321,25 +356,28 @@ def question_rows(
     return rows
 
 
-def score_rows(
-    cfg: SelmaConfig,
-    rows: list[dict[str, Any]],
-    fn_cls: type,
-    kwargs: dict[str, Any],
-    executor: Executor,
-) -> list[dict[str, Any]]:
-    """Run a scorer class (VQA, CLIP) over rows on ``eval.pool``."""
-    return executor.map_rows(
-        rows,
-        fn_cls,
-        fn_kwargs={**kwargs, "cache_dir": cfg.storage.cache_dir},
-        pool=cfg.eval.pool,
-        rows_per_task=cfg.eval.rows_per_task,
-    )
-
-
 #: Columns that identify one answer (besides the VQA settings and the question text).
 ANSWER_KEY = ("model", "benchmark", "item_id", "question_id")
+
+
+#: Columns of ``eval/answers.parquet`` (:func:`answer_row`).
+ANSWER_COLUMNS = (
+    "item_id", "question_id", "answer", "free_answer", "model", "benchmark", "question",
+)  # fmt: skip
+
+
+def answer_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A saved or new answer as a row of ``eval/answers.parquet``: ``free_answer`` is the
+    VQA model's text as it came back (a part saved before that column: its ``answer``),
+    ``answer`` what scoring used (:func:`~selma_ray.evaluation.vqa.scored_answer`)."""
+    from selma_ray.evaluation.vqa import parse_choices, scored_answer
+
+    free = row.get("free_answer")
+    free = row["answer"] if free is None else free
+    out = {c: row[c] for c in ANSWER_COLUMNS if c not in ("answer", "free_answer")}
+    out["answer"] = scored_answer(row["answer"], parse_choices(row.get("choices")))
+    out["free_answer"] = str(free)
+    return {c: out[c] for c in ANSWER_COLUMNS}
 
 
 def answer_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
@@ -353,34 +391,102 @@ def vqa_identity(vqa_kwargs: dict[str, Any]) -> str:
     return json.dumps(vqa_kwargs, sort_keys=True, default=str)
 
 
-def write_answer_part(run_dir: RunDir, rows: list[dict[str, Any]], vqa: str) -> None:
-    """One batch's answered rows as a part file, named by its questions (a retried batch
-    rewrites the same file), written atomically."""
+# Saved parts: one Parquet file per batch of rows (answers, scores), each row tagged with the
+# settings it was computed under (``tag``: the VQA settings, the scorer and its model); named
+# by the tag and the rows' keys, so a retried batch rewrites the same file.
+
+
+def _write_part(
+    run_dir: RunDir,
+    folder: Callable[..., layout.Parts],
+    rows: list[dict[str, Any]],
+    tag_column: str,
+    tag: str,
+    key: Callable[[dict[str, Any]], tuple[Any, ...]],
+) -> str:
+    """``rows`` (tagged) as one part file in ``folder``, written atomically; its name."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not rows:
-        return
-    keys = json.dumps(sorted(answer_key(r) for r in rows))
-    name = hashlib.sha256(f"{vqa}\n{keys}".encode()).hexdigest()[:20]
+    keys = json.dumps(sorted(key(r) for r in rows))
+    digest = hashlib.sha256(f"{tag}\n{keys}".encode()).hexdigest()[:20]
+    name = f"part-{digest}.parquet"
+    columns = dict.fromkeys(c for r in rows for c in r)  # parts from before may lack a column
+    table = pa.Table.from_pylist(
+        [{**{c: r.get(c) for c in columns}, tag_column: tag} for r in rows]
+    )
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([{**r, "vqa": vqa} for r in rows]), buf)
-    run_dir.write_bytes(buf.getvalue(), *layout.eval_answer_parts(f"part-{name}.parquet"))
+    pq.write_table(table, buf)
+    run_dir.write_bytes(buf.getvalue(), *folder(name))
+    return name
+
+
+def _read_parts(
+    run_dir: RunDir,
+    folder: Callable[..., layout.Parts],
+    tag_column: str,
+    tag: str,
+    key: Callable[[dict[str, Any]], tuple[Any, ...]],
+) -> tuple[dict[tuple[Any, ...], dict[str, Any]], list[str]]:
+    """({key: row} of the rows saved under ``tag``, the first found of a key winning; the
+    names of the part files that hold only such rows)."""
+    import pyarrow.parquet as pq
+
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    names = []
+    for name in run_dir.listdir(*folder()):
+        if not (name.startswith("part-") and name.endswith(".parquet")):
+            continue  # e.g. the temporary file of a write that was killed
+        rows = pq.read_table(io.BytesIO(run_dir.read_bytes(*folder(name)))).to_pylist()
+        tags = [row.pop(tag_column, None) for row in rows]
+        for row, row_tag in zip(rows, tags, strict=True):
+            if row_tag == tag:
+                out.setdefault(key(row), row)
+        if rows and all(t == tag for t in tags):
+            names.append(name)
+    return out, names
+
+
+def _compact_parts(
+    run_dir: RunDir,
+    folder: Callable[..., layout.Parts],
+    tag_column: str,
+    tag: str,
+    key: Callable[[dict[str, Any]], tuple[Any, ...]],
+    rows: list[dict[str, Any]],
+) -> int:
+    """Fold the part files of ``tag`` into one: every saved row of the tag once per key (the
+    run's ``rows`` replace saved ones of their key). The new file is written (atomically)
+    before the folded ones are removed: a kill in between leaves rows saved twice, which
+    :func:`_read_parts` reads once, and the next compaction folds again. Parts of other tags
+    stay. How many part files were folded (0: there was at most one)."""
+    saved, names = _read_parts(run_dir, folder, tag_column, tag, key)
+    if len(names) < 2:
+        return 0
+    merged = {**saved, **{key(r): r for r in rows}}
+    name = _write_part(run_dir, folder, list(merged.values()), tag_column, tag, key)
+    for old in names:
+        if old != name:
+            run_dir.remove(*folder(old))
+    return len(names)
+
+
+def write_answer_part(run_dir: RunDir, rows: list[dict[str, Any]], vqa: str) -> None:
+    """One batch's answered rows as a part file, named by its questions (a retried batch
+    rewrites the same file), written atomically."""
+    if rows:
+        _write_part(run_dir, layout.eval_answer_parts, rows, "vqa", vqa, answer_key)
 
 
 def saved_answers(run_dir: RunDir, vqa: str) -> dict[tuple[str, str, str, int], dict[str, Any]]:
     """{answer key: row} of every saved answer given under the VQA settings ``vqa``."""
-    import pyarrow.parquet as pq
+    return _read_parts(run_dir, layout.eval_answer_parts, "vqa", vqa, answer_key)[0]
 
-    out: dict[tuple[str, str, str, int], dict[str, Any]] = {}
-    for name in run_dir.listdir(*layout.eval_answer_parts()):
-        if not (name.startswith("part-") and name.endswith(".parquet")):
-            continue  # e.g. the temporary file of a write that was killed
-        data = run_dir.read_bytes(*layout.eval_answer_parts(name))
-        for row in pq.read_table(io.BytesIO(data)).to_pylist():
-            if row.pop("vqa", None) == vqa:
-                out.setdefault(answer_key(row), row)
-    return out
+
+def compact_answers(run_dir: RunDir, vqa: str, rows: list[dict[str, Any]]) -> int:
+    """Fold the answer parts of the VQA settings ``vqa`` into one (:func:`_compact_parts`;
+    ``rows``: the run's answered rows); parts of other VQA settings stay."""
+    return _compact_parts(run_dir, layout.eval_answer_parts, "vqa", vqa, answer_key, rows)
 
 
 class AnswerSaver:
@@ -402,6 +508,104 @@ class AnswerSaver:
         out = self.scorer(batch)
         write_answer_part(self.run_dir, batch_to_rows(out), self.vqa)
         return out
+
+
+#: Columns that identify one saved score (besides the scorer, its settings and the text).
+SCORE_KEY = ("model", "item_id")
+
+
+#: Columns of a saved score besides ``score`` (and the scorer identity).
+_SCORE_COLUMNS = ("model", "item_id", "text")
+
+
+def score_key(row: dict[str, Any]) -> tuple[str, str]:
+    """A row's :data:`SCORE_KEY` values (variant, item id)."""
+    return str(row["model"]), str(row["item_id"])
+
+
+def scorer_identity(scorer: str, scorer_kwargs: dict[str, Any]) -> str:
+    """The scorer and settings a score was computed under (another model scores again)."""
+    return json.dumps({"scorer": scorer, **scorer_kwargs}, sort_keys=True, default=str)
+
+
+def write_score_part(run_dir: RunDir, rows: list[dict[str, Any]], scorer: str) -> None:
+    """One batch's scores (``model, item_id, text, score``) as a part file under
+    ``eval/scores/``, named by its rows (a retried batch rewrites the same file)."""
+    if rows:
+        _write_part(run_dir, layout.eval_score_parts, rows, "scorer", scorer, score_key)
+
+
+def saved_scores(run_dir: RunDir, scorer: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """{score key: row} of every saved score of the scorer identity ``scorer``."""
+    return _read_parts(run_dir, layout.eval_score_parts, "scorer", scorer, score_key)[0]
+
+
+class ScoreSaver:
+    """Callable class around an image scorer (``scorer_cls(**scorer_kwargs)``, loaded once;
+    CLIPScore or a preference model, its score in the column ``scorer_cls.column``): scores a
+    batch, saves the batch's scores (:func:`write_score_part`) and then returns them."""
+
+    def __init__(
+        self, scorer_cls: type, scorer_kwargs: dict[str, Any], run_dir_uri: str, scorer: str
+    ) -> None:
+        self.scorer = scorer_cls(**scorer_kwargs)
+        self.column = str(scorer_cls.column)
+        self.run_dir = RunDir(run_dir_uri)
+        self.tag = scorer
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = self.scorer(batch)
+        rows = [
+            {**{c: r[c] for c in _SCORE_COLUMNS}, "score": r[self.column]}
+            for r in batch_to_rows(out)
+        ]
+        write_score_part(self.run_dir, rows, self.tag)
+        return out
+
+
+def score_images(
+    cfg: SelmaConfig,
+    run_dir: RunDir,
+    rows: list[dict[str, Any]],
+    name: str,
+    scorer_cls: type,
+    scorer_kwargs: dict[str, Any],
+    executor: Executor,
+) -> tuple[dict[tuple[str, str], float], dict[str, Any]]:
+    """{(variant, item id): score} of every image row (``model, item_id, text, image_uri``)
+    and the counts for ``eval/stats.json``. Saved scores (same key, text, scorer ``name`` and
+    settings) are reused; the other rows are scored on ``eval.pool`` and saved as they come
+    (:class:`ScoreSaver`); then the scorer's part files are folded into one."""
+    tag = scorer_identity(name, scorer_kwargs)
+    saved = saved_scores(run_dir, tag)
+    scores: dict[tuple[str, str], float] = {}
+    todo = []
+    for row in rows:
+        old = saved.get(score_key(row))
+        if old is not None and old["text"] == row["text"]:
+            scores[score_key(row)] = float(old["score"])
+        else:
+            todo.append(row)
+    before = len(scores)
+    if todo:
+        scored = executor.map_rows(
+            todo,
+            ScoreSaver,
+            fn_kwargs={
+                "scorer_cls": scorer_cls,
+                "scorer_kwargs": {**scorer_kwargs, "cache_dir": cfg.storage.cache_dir},
+                "run_dir_uri": run_dir.uri,
+                "scorer": tag,
+            },
+            pool=cfg.eval.pool,
+            rows_per_task=cfg.eval.rows_per_task,
+        )
+        for r in scored:
+            scores[score_key(r)] = float(r[scorer_cls.column])
+    used = [{**{c: r[c] for c in _SCORE_COLUMNS}, "score": scores[score_key(r)]} for r in rows]
+    _compact_parts(run_dir, layout.eval_score_parts, "scorer", tag, score_key, used)
+    stats = {**scorer_kwargs, "images": len(rows), "scored_before": before, "scored_now": len(todo)}
+    return scores, stats
 
 
 def answer_questions(
@@ -511,21 +715,19 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
     qrows = question_rows(run_dir, items, variants)
     vqa_kwargs = {"model_ref": ecfg.vqa_model, "answer_matcher": ecfg.answer_matcher}
     answered = answer_questions(cfg, run_dir, qrows, VQAScorer, vqa_kwargs, executor)
+    compact_answers(run_dir, vqa_identity(vqa_kwargs), answered)
     answered.sort(
         key=lambda r: (variants.index(str(r["model"])), str(r["item_id"]), int(r["question_id"]))
     )
-    cols = ("item_id", "question_id", "answer", "model", "benchmark", "question")
-    df = pd.DataFrame([{c: r[c] for c in cols} for r in answered], columns=list(cols))
+    df = pd.DataFrame([answer_row(r) for r in answered], columns=list(ANSWER_COLUMNS))
     df["question_id"] = df["question_id"].astype("int64")
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     run_dir.write_bytes(buf.getvalue(), *layout.eval_answers())
 
     by_variant: dict[str, dict[str, dict[int, str]]] = {v: {} for v in variants}
-    for r in answered:
-        by_variant[str(r["model"])].setdefault(str(r["item_id"]), {})[int(r["question_id"])] = str(
-            r["answer"]
-        )
+    for r in df.itertuples(index=False):
+        by_variant[str(r.model)].setdefault(str(r.item_id), {})[int(r.question_id)] = str(r.answer)
 
     clip: dict[str, dict[str, float]] = {v: {} for v in variants}
     crows = [
@@ -537,18 +739,32 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
         }
         for r in image_rows
     ]
+    score_stats: dict[str, Any] = {}
+
+    def scores_of(name: str, scorer_cls: type, model_ref: str) -> dict[str, dict[str, float]]:
+        """{variant: {item_id: score}} of one scorer, in the image plan's order."""
+        got, score_stats[name] = score_images(
+            cfg, run_dir, crows, name, scorer_cls, {"model_ref": model_ref}, executor
+        )
+        out: dict[str, dict[str, float]] = {v: {} for v in variants}
+        for r in crows:
+            out[str(r["model"])][str(r["item_id"])] = round(got[score_key(r)], _DIGITS)
+        return out
+
     if ecfg.clip_model:
-        for r in score_rows(cfg, crows, ClipScorer, {"model_ref": ecfg.clip_model}, executor):
-            clip[str(r["model"])][str(r["item_id"])] = round(float(r["clip_score"]), _DIGITS)
+        clip = scores_of("clip", ClipScorer, ecfg.clip_model)
     # PickScore / ImageReward / HPS: {kind: {variant: {item_id: score}}}, like CLIPScore
     preference: dict[str, dict[str, dict[str, float]]] = {}
     for kind in (k for k in PREFERENCE_KINDS if k in ecfg.preference_models):
-        scorer = preference_scorer(kind)
-        preference[kind] = {v: {} for v in variants}
-        ref = {"model_ref": ecfg.preference_models[kind]}
-        for r in score_rows(cfg, crows, scorer, ref, executor):
-            score = round(float(r[scorer.column]), _DIGITS)
-            preference[kind][str(r["model"])][str(r["item_id"])] = score
+        preference[kind] = scores_of(kind, preference_scorer(kind), ecfg.preference_models[kind])
+    stats = run_dir.read_json(*layout.eval_stats())  # the answers' counts (answer_questions)
+    run_dir.write_json({**stats, "scores": score_stats}, *layout.eval_stats())
+    flagged = flagged_items(run_dir, image_rows)
+    if any(flagged.values()):
+        notes.append(
+            f"safety checker: {sum(map(len, flagged.values()))} image(s) flagged; the pipeline "
+            "drew them black and they are scored as drawn (listed per variant in nsfw_flagged)"
+        )
 
     report: dict[str, Any] = {
         "variants": {},
@@ -578,6 +794,7 @@ def run_eval_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> dic
             for kind, by in preference.items()
         }
         entry["lora"] = loras[v]
+        entry["nsfw_flagged"] = flagged[v]
         report["variants"][v] = entry
     run_dir.write_json(report, *layout.eval_report())
     try:

@@ -26,6 +26,8 @@ free-form answer into a choice as TIFA does: the choice it names (case, surround
 and punctuation ignored), else the choice whose sentence embedding is closest by cosine
 similarity. ``answer`` then holds the choice and ``free_answer`` the model's own words; without
 a matcher both hold the model's words (the scorer then counts only exact matches).
+:func:`scored_answer` is what scoring uses of an answer (the stage's ``eval/answers.parquet``
+keeps it as ``answer``, beside the model's ``free_answer``).
 
 Re-scoring a saved answers table (no model) is :mod:`selma_ray.evaluation.rescore`.
 """
@@ -68,6 +70,19 @@ def parse_choices(value: Any) -> list[str]:
         loaded = json.loads(value)
         return [str(c) for c in loaded]
     return [str(c) for c in list(value)]
+
+
+def scored_answer(answer: object, choices: Sequence[str]) -> str:
+    """What scoring uses of a VQA answer: for a multiple-choice question (TIFA) the choice it
+    names (exact after normalisation; a matcher's choice names itself), else the answer as
+    given (scored wrong); for a yes/no question (DSG) the normalised answer (``"Yes."`` ->
+    ``"yes"``). DSG and TIFA score these exactly as the answers they come from."""
+    from selma_ray.evaluation.scoring import match_choice, normalize_answer
+
+    if choices:
+        named = match_choice(answer, choices)
+        return named if named is not None else ("" if answer is None else str(answer))
+    return normalize_answer(answer)
 
 
 def chat_prompt(question: str, choices: Sequence[str]) -> str:

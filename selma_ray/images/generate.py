@@ -21,6 +21,12 @@ whatever the actor count, retries and resumes: on GPUs too, where fp16 kernels d
 sample's position in the batch (measured in ``benchmarks/batch_invariance.py``). Prompts are
 encoded one at a time (CLIP's text encoder gives a prompt other states at other batch
 positions). Bytes are always specific to the device type, dtype and library versions.
+
+Safety checker (``images.safety_checker``): off, a pipeline that ships one is loaded without
+it. On, the images it flags (which it blacks out) are not written: an empty marker
+(:func:`selma_ray.layout.flagged_marker`) is written in their place, which counts as drawn, so
+a resume does not draw them again. :class:`ImageGenerator` subclasses with ``drop_flagged``
+False (the evaluation's) write the image as the pipeline returned it beside its marker.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 
 from selma_ray.config import ImagesConfig
 from selma_ray.execution import batch_to_rows
+from selma_ray.layout import flagged_marker
 from selma_ray.seeds import derive_seed
 from selma_ray.storage import RunDir
 
@@ -64,6 +71,7 @@ METADATA_COLUMNS: tuple[str, ...] = (
 RESULT_COLUMNS: tuple[str, ...] = (
     *METADATA_COLUMNS,
     "written",
+    "nsfw_flagged",
     "started_at",
     "finished_at",
     "worker_pid",
@@ -261,8 +269,14 @@ def load_pipeline(
     compile: bool = False,
     cache_dir: str | None = None,
     device: str | None = None,
+    safety_checker: bool | None = None,
 ) -> Any:
-    """The diffusers pipeline of ``model`` on ``device`` (``images.*`` settings of that name)."""
+    """The diffusers pipeline of ``model`` on ``device`` (``images.*`` settings of that name).
+
+    ``safety_checker``: False loads a pipeline that ships one (SD 1.x/2.x on the hub) without
+    it, True keeps it (it blacks out flagged images; :class:`ImageGenerator` reads its flags),
+    None loads the pipeline as it ships.
+    """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
 
@@ -276,7 +290,9 @@ def load_pipeline(
         # diffusers >= 0.40 renames torch_dtype -> dtype; older ones only know torch_dtype
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         try:
-            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype)
+            pipe = DiffusionPipeline.from_pretrained(
+                path, torch_dtype=torch_dtype, **_without_checker(path, safety_checker)
+            )
         except OSError as e:
             msg = (
                 f"images.model {model!r} (resolved to {path!r}) could not be loaded as a "
@@ -291,6 +307,22 @@ def load_pipeline(
         denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         getattr(pipe, denoiser).compile()
     return pipe
+
+
+def _without_checker(path: str, safety_checker: bool | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments that leave out the pipeline's safety checker (when
+    ``safety_checker`` is False and its ``model_index.json`` names one; else none)."""
+    from diffusers import DiffusionPipeline
+
+    if safety_checker is not False:
+        return {}
+    try:
+        index = DiffusionPipeline.load_config(path)
+    except (OSError, ValueError):  # from_pretrained says what is wrong with the path
+        return {}
+    if "safety_checker" not in index:
+        return {}
+    return {"safety_checker": None, "requires_safety_checker": False}
 
 
 def _set_attention(pipe: Any, attention: str) -> None:
@@ -325,7 +357,13 @@ class ImageGenerator:
         cache_dir: where ``tiny:`` models are built (None = default cache).
         num_threads: torch CPU threads (None = leave as set, e.g. by Ray's OMP_NUM_THREADS).
         device: torch device (None = cuda if available, else cpu).
+
+    Each result row says whether its image was ``written`` and whether the pipeline's safety
+    checker flagged it (``nsfw_flagged``; see the module doc).
     """
+
+    #: Whether a flagged image is dropped (only its marker written) or written as drawn.
+    drop_flagged: bool = True
 
     def __init__(
         self,
@@ -355,8 +393,10 @@ class ImageGenerator:
             compile=self.cfg.compile,
             cache_dir=cache_dir,
             device=self.device,
+            safety_checker=self.cfg.safety_checker,
         )
         self.load_seconds = time.perf_counter() - t0
+        self.last_flags: list[bool] = []  # per image of the last draw: flagged by the checker
         self.text_limit = _quiet_truncation(self.pipe)
         self.init_finished_at = time.time()
 
@@ -374,7 +414,8 @@ class ImageGenerator:
         return torch.Generator(self.device).manual_seed(int(seed))
 
     def draw(self, prompts: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
-        """uint8 images (N, H, W, 3) for ``prompts``, one pipeline call (one generator each)."""
+        """uint8 images (N, H, W, 3) for ``prompts``, one pipeline call (one generator each).
+        :attr:`last_flags` then says which ones the pipeline's safety checker flagged."""
         import torch
 
         cfg = self.cfg
@@ -391,6 +432,8 @@ class ImageGenerator:
                 width=cfg.resolution,
                 output_type="np",
             )
+        flags = getattr(out, "nsfw_content_detected", None)  # None: the pipeline has no checker
+        self.last_flags = [bool(f) for f in flags] if flags is not None else [False] * len(seeds)
         return to_uint8(np.asarray(out.images))
 
     def _prompt_inputs(self, prompts: Sequence[str]) -> dict[str, Any]:
@@ -441,19 +484,39 @@ class ImageGenerator:
         with copies of their first row, whose images are dropped): every call has the same
         shape."""
         out = []
+        flags: list[bool] = []
         n = self.images_per_call
         for start in range(0, len(prompts), n):
             p = list(prompts[start : start + n])
             s = list(seeds[start : start + n])
             pad = n - len(p)
             out.append(self.draw(p + [p[0]] * pad, s + [s[0]] * pad)[: len(p)])
+            flags.extend(self.last_flags[: len(p)])
+        self.last_flags = flags
         return np.concatenate(out)
 
     def _write(self, skill: str, file_name: str, pixels: np.ndarray) -> None:
         self.out.write_bytes(encode_image(pixels, self.image_format), skill, file_name)
 
+    def _keep(self, skill: str, file_name: str, pixels: np.ndarray, flagged: bool) -> bool:
+        """Write a drawn image; a flagged one gets its marker first (``layout.flagged_marker``)
+        and, when :attr:`drop_flagged`, no image. Whether the image was written."""
+        if flagged:
+            self.out.write_bytes(b"", skill, flagged_marker(file_name))
+            if self.drop_flagged:
+                return False
+        elif self.cfg.safety_checker:  # flagged once, not now (e.g. another device): unmark
+            self.out.remove(skill, flagged_marker(file_name))
+        self._write(skill, file_name, pixels)
+        return True
+
     def _exists(self, skill: str, file_name: str) -> bool:
-        return self.out.exists(skill, file_name)
+        if self.out.exists(skill, file_name):
+            return True
+        # a dropped image's marker stands for it (only while the checker runs)
+        if not (self.drop_flagged and self.cfg.safety_checker):
+            return False
+        return self.out.exists(skill, flagged_marker(file_name))
 
     # ------------------------------------------------------------------ Ray Data entry point
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -463,14 +526,19 @@ class ImageGenerator:
         started = [0.0] * n
         finished = [0.0] * n
         written = [False] * n
+        flagged = [False] * n
         todo = [i for i, r in enumerate(rows) if not self._exists(r["skill"], r["file_name"])]
+
+        def keep(i: int, pixels: np.ndarray, flag: bool) -> None:
+            flagged[i] = flag
+            written[i] = self._keep(rows[i]["skill"], rows[i]["file_name"], pixels, flag)
+
         if self.exact:
             for i in todo:
                 started[i] = time.time()
                 pixels = self.draw([rows[i]["prompt"]], [rows[i]["seed"]])[0]
-                self._write(rows[i]["skill"], rows[i]["file_name"], pixels)
+                keep(i, pixels, self.last_flags[0])
                 finished[i] = time.time()
-                written[i] = True
         elif PACKED_COLUMN in batch:  # whole groups, as planned: one call per group
             todo_set = set(todo)
             first = 0
@@ -485,16 +553,16 @@ class ImageGenerator:
                     [rows[i]["prompt"] for i in index], [rows[i]["seed"] for i in index]
                 )
                 for i in missing:
-                    self._write(rows[i]["skill"], rows[i]["file_name"], images[i - index[0]])
-                    started[i], finished[i], written[i] = t, time.time(), True
+                    keep(i, images[i - index[0]], self.last_flags[i - index[0]])
+                    started[i], finished[i] = t, time.time()
         elif todo:
             t = time.time()
             images = self.draw_fixed(
                 [rows[i]["prompt"] for i in todo], [rows[i]["seed"] for i in todo]
             )
-            for i, pixels in zip(todo, images, strict=True):
-                self._write(rows[i]["skill"], rows[i]["file_name"], pixels)
-                started[i], finished[i], written[i] = t, time.time(), True
+            for k, (i, pixels) in enumerate(zip(todo, images, strict=True)):
+                keep(i, pixels, self.last_flags[k])
+                started[i], finished[i] = t, time.time()
         pid = os.getpid()
         truncated = [i in todo and self.truncates(rows[i]["prompt"]) for i in range(n)]
         return {
@@ -507,6 +575,7 @@ class ImageGenerator:
             "seed": np.array([int(r["seed"]) for r in rows], dtype=np.int64),
             "model": np.array([self.model_name] * n, dtype=object),
             "written": np.array(written, dtype=bool),
+            "nsfw_flagged": np.array(flagged, dtype=bool),
             "started_at": np.array(started, dtype=np.float64),
             "finished_at": np.array(finished, dtype=np.float64),
             "worker_pid": np.array([pid] * n, dtype=np.int64),

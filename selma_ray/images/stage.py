@@ -8,6 +8,11 @@ image_index, seed, model``, sorted by prompt id and index) is written from the p
 ``images/stats.json`` with the counts. The stage ends by checking that each skill folder holds
 exactly the planned image files, naming any that are missing or unexpected.
 
+With ``images.safety_checker`` on, an image the pipeline's checker flags is dropped: its
+drawer writes a marker instead (:func:`selma_ray.layout.flagged_marker`), so a resume does not
+draw it again; the plan, the metadata and the check then leave it out, ``images/stats.json``
+counts it per skill (``nsfw_flagged``) and the stage logs one warning line.
+
 A skill with ``data`` (existing image-text pairs) is imported instead of drawn
 (:func:`selma_ray.images.pairs.import_skill`): same folder, same metadata columns.
 
@@ -33,7 +38,14 @@ from selma_ray.images.generate import (
     plan_rows,
     rows_to_draw,
 )
-from selma_ray.layout import images_dir, images_metadata, images_stats, prompts_file
+from selma_ray.layout import (
+    flagged_image,
+    flagged_marker,
+    images_dir,
+    images_metadata,
+    images_stats,
+    prompts_file,
+)
 from selma_ray.prompts.stage import read_prompts
 from selma_ray.storage import RunDir
 
@@ -93,6 +105,12 @@ def list_skill_dir(run_dir: RunDir, skill: str) -> tuple[set[str], list[str]]:
     images = {n for n in names if n.endswith(IMAGE_SUFFIXES) and TMP_MARKER not in n}
     temps = [n for n in names if TMP_MARKER in n]
     return images, temps
+
+
+def list_flagged(run_dir: RunDir, skill: str) -> set[str]:
+    """File names of the images in ``images/<skill>`` that have a safety-checker marker."""
+    names = (flagged_image(n) for n in run_dir.listdir(*images_dir(skill)))
+    return {n for n in names if n is not None}
 
 
 def _clean_temps(run_dir: RunDir, skill: str, temps: list[str]) -> None:
@@ -166,12 +184,14 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
     planned = plan(cfg, run_dir)
     todo: list[dict[str, Any]] = []
     existing: dict[str, int] = {}
+    checker = cfg.images.safety_checker
     for skill, rows in planned.items():
         present, temps = list_skill_dir(run_dir, skill)
         _clean_temps(run_dir, skill, temps)
         existing[skill] = sum(r["file_name"] in present for r in rows)
+        done = (present | list_flagged(run_dir, skill)) if checker else present  # dropped: done
         # batched: whole groups of the batch plan, so a resumed image keeps its batch position
-        todo.extend(rows_to_draw(rows, lambda r, have=present: r["file_name"] in have, cfg.images))
+        todo.extend(rows_to_draw(rows, lambda r, have=done: r["file_name"] in have, cfg.images))
     n_planned = sum(len(r) for r in planned.values())
     log.info(
         "images: %d planned, %d already drawn, %d to draw",
@@ -180,6 +200,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
         n_planned - sum(existing.values()),
     )
     written: dict[str, int] = defaultdict(int)
+    flagged_now = 0
     truncated = 0
     t_draw = time.perf_counter()
     if todo:
@@ -188,6 +209,7 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
         )
         for r in results:
             written[r["skill"]] += bool(r["written"])
+            flagged_now += bool(r.get("nsfw_flagged"))
             truncated += bool(r.get("truncated"))
     if truncated:  # one line for the stage, not diffusers' warning per prompt
         log.warning(
@@ -196,13 +218,32 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
             truncated,
             sum(written.values()),
         )
+    if flagged_now:  # one line for the stage
+        log.warning(
+            "images: the safety checker flagged %d of %d images drawn; they are dropped (not "
+            "trained on; counted as nsfw_flagged in images/stats.json)",
+            flagged_now,
+            flagged_now + sum(written.values()),
+        )
     draw_seconds = time.perf_counter() - t_draw
-    for skill in planned:  # a killed writer may have left temp files behind
-        _clean_temps(run_dir, skill, list_skill_dir(run_dir, skill)[1])
-    verify(run_dir, planned)
-    for skill, rows in planned.items():
+    dropped: dict[str, set[str]] = {}
+    for skill, rows in planned.items():  # a killed writer may have left temp files behind
+        images, temps = list_skill_dir(run_dir, skill)
+        _clean_temps(run_dir, skill, temps)
+        markers = list_flagged(run_dir, skill)
+        if not checker:  # markers of an earlier run with the checker: those images are drawn
+            for name in markers:
+                run_dir.remove(*images_dir(skill, flagged_marker(name)))
+            markers = set()
+        dropped[skill] = {r["file_name"] for r in rows} & (markers - images)
+    kept = {
+        skill: [r for r in rows if r["file_name"] not in dropped[skill]]
+        for skill, rows in planned.items()
+    }
+    verify(run_dir, kept)
+    for skill, rows in kept.items():
         run_dir.write_jsonl(metadata_rows(rows, cfg.images.model), *images_metadata(skill))
-    counts = {skill: len(rows) for skill, rows in planned.items()}
+    counts = {skill: len(rows) for skill, rows in kept.items()}
     counts.update({skill: info["pairs"] for skill, info in imported.items()})
     stats = {
         "model": cfg.images.model,
@@ -212,12 +253,15 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
         "guidance_scale": cfg.images.guidance_scale,
         "image_format": cfg.images.image_format,
         "exact_per_image": cfg.images.exact_per_image,
+        "safety_checker": checker,
         "skills": {
             skill: {
                 "prompts": len({r["prompt_id"] for r in rows}),
-                "images": len(rows),
+                "images": len(kept[skill]),
                 "drawn_now": written.get(skill, 0),
                 "already_present": existing[skill],
+                # dropped by the safety checker (counted while it runs: none can be without)
+                **({"nsfw_flagged": len(dropped[skill])} if checker else {}),
             }
             for skill, rows in planned.items()
         },

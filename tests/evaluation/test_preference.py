@@ -466,7 +466,8 @@ def test_stage_reports_each_variants_preference_scores(tmp_path, monkeypatch):
             self.rows = {}
 
         def map_rows(self, rows, fn_cls, **kw):
-            self.rows[fn_cls] = list(rows)
+            # the stage's ScoreSaver runs the scorer (saving its scores as they come)
+            self.rows[kw["fn_kwargs"].get("scorer_cls", fn_cls)] = list(rows)
             return super().map_rows(rows, fn_cls, **kw)
 
     cfg = load_config(
