@@ -106,6 +106,9 @@ class ModelSpec:
     #: torch.compile the UNet; switch variants by LoRA hot-swap (see :class:`VariantPipeline`)
     compile: bool = False
     hotswap: bool = False
+    #: keep the pipeline's safety checker (``images.safety_checker``; it blacks out flagged
+    #: images); off, a pipeline that ships one is loaded without it
+    safety_checker: bool = False
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -225,6 +228,7 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
         kinds=kinds,
         defaults=Defaults.from_images_config(cfg.variant_images(), limits),
         compile=cfg.serve.compile,
+        safety_checker=cfg.images.safety_checker,
         hotswap=cfg.serve.compile if cfg.serve.lora_hotswap is None else cfg.serve.lora_hotswap,
     )
 
@@ -282,6 +286,7 @@ class VariantPipeline:
             attention=spec.attention,
             cache_dir=spec.cache_dir,
             device=self.device,
+            safety_checker=spec.safety_checker,
         )
         self.load_seconds = time.perf_counter() - t0
         self.adapter_names: dict[str, str] = {}
