@@ -11,7 +11,10 @@
   scorers (Ray Data style callable classes: load once, score batches of rows); imported on
   demand.
 * :mod:`selma_ray.evaluation.stage`: the stage (variants drawn, questions answered, scores) on
-  the executor it is handed; :mod:`selma_ray.evaluation.report`: the HTML report.
+  the executor it is handed, resuming from :mod:`selma_ray.evaluation.saved` (answers and
+  scores saved as they come); :mod:`selma_ray.evaluation.report`: the HTML report, with
+  :mod:`~selma_ray.evaluation.table` (the paper's comparison), :mod:`~selma_ray.evaluation.views`
+  (skill matrix, merged - base) and :mod:`~selma_ray.evaluation.votes` (human ratings).
 
 This package's ``__init__`` imports only the model-free modules.
 """

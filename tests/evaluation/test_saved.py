@@ -12,6 +12,7 @@ import pytest
 
 from selma_ray import layout
 from selma_ray.config import load_config
+from selma_ray.evaluation import saved as saved_parts
 from selma_ray.evaluation import stage as eval_stage
 from selma_ray.evaluation.scoring import normalize_answer
 from selma_ray.execution import InProcessExecutor, batch_to_rows
@@ -300,7 +301,7 @@ def test_a_kill_between_writing_the_folded_part_and_removing_the_others_resumes(
     parts = rd.listdir(*layout.eval_answer_parts())
     assert len(parts) == 4  # batches of 3, 3, 3, 1
     saved = eval_stage.saved_answers(rd, vqa)
-    folded = eval_stage._write_part(
+    folded = saved_parts.write_part(
         rd, layout.eval_answer_parts, list(saved.values()), "vqa", vqa, eval_stage.answer_key
     )  # killed here: nothing removed yet
     assert len(rd.listdir(*layout.eval_answer_parts())) == 5
@@ -397,10 +398,10 @@ def test_scores_are_saved_and_a_rerun_scores_only_what_has_none(tmp_path):
     keys = [eval_stage.score_key(r) for r in rows]
     expected = {k: len(r["text"]) + 0.1 for k, r in zip(keys, rows, strict=True)}
     # as after a kill: two batches' scores were saved
-    eval_stage.write_score_part(rd, [{**rows[0], "score": 1.5}], "ignored: another scorer")
+    saved_parts.write_score_part(rd, [{**rows[0], "score": 1.5}], "ignored: another scorer")
     tag = eval_stage.scorer_identity("length", {"model_ref": "m"})
     saved = [{k: r[k] for k in ("model", "item_id", "text")} for r in rows[:2]]
-    eval_stage.write_score_part(rd, [{**s, "score": expected[keys[i]]}
+    saved_parts.write_score_part(rd, [{**s, "score": expected[keys[i]]}
                                      for i, s in enumerate(saved)], tag)  # fmt: skip
     scores, stats = _score(rd, rows)
     assert scores == pytest.approx(expected)
