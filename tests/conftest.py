@@ -149,3 +149,61 @@ def require_vllm() -> None:
             f"or set {SKIP_VLLM_VAR}=1 to skip the vLLM tests",
             pytrace=False,
         )
+
+
+class FlagEveryOther:
+    """Stands in for a pipeline's ``StableDiffusionSafetyChecker``: flags every second image
+    it is shown (counting across calls) and blacks it out, as the real one does."""
+
+    def __init__(self) -> None:
+        self.shown = 0
+        self.flagged = 0
+
+    def __call__(self, images, clip_input):
+        import torch
+
+        flags = []
+        for i in range(len(images)):
+            flags.append(self.shown % 2 == 1)
+            self.shown += 1
+            if flags[-1]:
+                images[i] = torch.zeros_like(images[i])
+        self.flagged += sum(flags)
+        return images, flags
+
+
+class _Features:
+    """The feature extractor a pipeline runs before its checker (its output is ignored)."""
+
+    def __call__(self, images, return_tensors):
+        import torch
+
+        self.pixel_values = torch.zeros(len(images), 3, 4, 4)
+        return self
+
+    def to(self, device):
+        return self
+
+
+@pytest.fixture(scope="session")
+def install_flagging_checker():
+    """``install(mp) -> FlagEveryOther``: every pipeline loaded with ``safety_checker=True``
+    (the tiny pipeline ships none) gets a fake checker that flags every second image, patched
+    in through the monkeypatch ``mp``; returns the fake (it counts what it flagged)."""
+
+    def install(mp: pytest.MonkeyPatch) -> FlagEveryOther:
+        from selma_ray.images import generate
+
+        fake = FlagEveryOther()
+        real = generate.load_pipeline
+
+        def load(model, **kw):
+            pipe = real(model, **kw)
+            if kw.get("safety_checker"):
+                pipe.safety_checker, pipe.feature_extractor = fake, _Features()
+            return pipe
+
+        mp.setattr(generate, "load_pipeline", load)
+        return fake
+
+    return install

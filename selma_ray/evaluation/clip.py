@@ -19,11 +19,13 @@ from selma_ray.evaluation.scoring import clip_score
 from selma_ray.evaluation.vqa import read_image
 
 
-class ClipScorer:
-    """Ray Data callable class: CLIPScore of each row's image against its text."""
+class ImageTextScorer:
+    """Ray Data callable class: one score per row, its image against its text, in the column
+    :attr:`column`. Subclasses load their model in :meth:`load` and score in :meth:`score`
+    (CLIPScore here; the preference scorers in :mod:`selma_ray.evaluation.preference`)."""
 
-    #: the output column (named like the preference scorers' ``column``)
-    column = "clip_score"
+    #: the output column
+    column: str = ""
 
     def __init__(
         self,
@@ -33,19 +35,49 @@ class ClipScorer:
         device: str | None = None,
     ) -> None:
         import torch
-        from transformers import CLIPModel, CLIPProcessor
 
         from selma_ray.images.generate import default_device
-        from selma_ray.models import resolve_model
 
         t0 = time.perf_counter()
         if num_threads:
             torch.set_num_threads(num_threads)
         self.device = device or default_device()
+        self.model_ref = model_ref
+        self.load(model_ref, cache_dir)
+        self.load_seconds = time.perf_counter() - t0
+
+    def load(self, model_ref: str, cache_dir: str | None) -> None:
+        raise NotImplementedError
+
+    def score(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
+        """One float per (image, text) pair, row by row."""
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        uris = [str(u) for u in batch["image_uri"]]
+        texts = [str(t) for t in batch["text"]]
+        out = dict(batch)
+        if not texts:
+            out[self.column] = np.zeros(0)
+            return out
+        scores = self.score([read_image(u) for u in uris], texts)
+        out[self.column] = np.asarray(scores, dtype=np.float64).reshape(len(texts))
+        return out
+
+
+class ClipScorer(ImageTextScorer):
+    """CLIPScore of each row's image against its text."""
+
+    column = "clip_score"
+
+    def load(self, model_ref: str, cache_dir: str | None) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        from selma_ray.models import resolve_model
+
         path = resolve_model(model_ref, cache_dir)
         self.processor = CLIPProcessor.from_pretrained(path)
         self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
-        self.load_seconds = time.perf_counter() - t0
 
     def embeddings(self, images: Sequence[Any], texts: Sequence[str]) -> tuple[Any, Any]:
         """(image_embeds, text_embeds), row-paired, as float32 numpy arrays."""
@@ -70,10 +102,3 @@ class ClipScorer:
             return np.zeros(0)
         img, txt = self.embeddings(images, texts)
         return np.atleast_1d(clip_score(img, txt))
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        uris = [str(u) for u in batch["image_uri"]]
-        texts = [str(t) for t in batch["text"]]
-        out = dict(batch)
-        out[self.column] = self.score([read_image(u) for u in uris], texts).astype(np.float64)
-        return out

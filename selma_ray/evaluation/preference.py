@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selma_ray.evaluation.vqa import read_image
+from selma_ray.evaluation.clip import ImageTextScorer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -146,46 +145,8 @@ _OPENCLIP_UNSUPPORTED = {
 # --------------------------------------------------------------------------- scorers
 
 
-class PreferenceScorer:
+class PreferenceScorer(ImageTextScorer):
     """Ray Data callable class: one preference score per row (image against its prompt)."""
-
-    #: kind and output column
-    column: str = ""
-
-    def __init__(
-        self,
-        model_ref: str,
-        cache_dir: str | None = None,
-        num_threads: int | None = None,
-        device: str | None = None,
-    ) -> None:
-        from selma_ray.images.generate import default_device
-
-        t0 = time.perf_counter()
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        self.device = device or default_device()
-        self.model_ref = model_ref
-        self.load(model_ref, cache_dir)
-        self.load_seconds = time.perf_counter() - t0
-
-    def load(self, model_ref: str, cache_dir: str | None) -> None:
-        raise NotImplementedError
-
-    def score(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
-        """One float per (image, text) pair, row by row."""
-        raise NotImplementedError
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        uris = [str(u) for u in batch["image_uri"]]
-        texts = [str(t) for t in batch["text"]]
-        out = dict(batch)
-        if not texts:
-            out[self.column] = np.zeros(0)
-            return out
-        scores = self.score([read_image(u) for u in uris], texts)
-        out[self.column] = np.asarray(scores, dtype=np.float64).reshape(len(texts))
-        return out
 
 
 def _pooled(out: Any) -> torch.Tensor:

@@ -30,40 +30,6 @@ OVERRIDES = [
 SCORERS = ("clip", "pickscore", "imagereward", "hps")
 
 
-class FlagEveryOther:
-    """Stands in for a pipeline's ``StableDiffusionSafetyChecker``: flags every second image
-    it is shown (counting across calls) and blacks it out, as the real one does."""
-
-    def __init__(self) -> None:
-        self.shown = 0
-        self.flagged = 0
-
-    def __call__(self, images, clip_input):
-        import torch
-
-        flags = []
-        for i in range(len(images)):
-            flags.append(self.shown % 2 == 1)
-            self.shown += 1
-            if flags[-1]:
-                images[i] = torch.zeros_like(images[i])
-        self.flagged += sum(flags)
-        return images, flags
-
-
-class _Features:
-    """The feature extractor a pipeline runs before its checker (its output is ignored)."""
-
-    def __call__(self, images, return_tensors):
-        import torch
-
-        self.pixel_values = torch.zeros(len(images), 3, 4, 4)
-        return self
-
-    def to(self, device):
-        return self
-
-
 class SpyExecutor(InProcessExecutor):
     """The in-process executor, recording each map: (class, wrapped scorer class, rows)."""
 
@@ -77,8 +43,16 @@ class SpyExecutor(InProcessExecutor):
 
 
 @pytest.fixture(scope="module")
-def checker():
-    return FlagEveryOther()
+def patched():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def checker(tiny_models, install_flagging_checker, patched):
+    """A flagging checker in every pipeline loaded with ``safety_checker=True``."""
+    return install_flagging_checker(patched)
 
 
 @pytest.fixture(scope="module")
@@ -86,24 +60,11 @@ def run(tiny_models, checker, tmp_path_factory):
     """One eval run (base variant, 3 DSG-1k items) whose pipeline has a flagging checker."""
     import torch
 
-    from selma_ray.images import generate
-
     torch.set_num_threads(1)
-    real = generate.load_pipeline
-
-    def load(model, **kw):
-        pipe = real(model, **kw)
-        if kw.get("safety_checker"):  # the tiny pipeline ships none: give it the fake
-            pipe.safety_checker, pipe.feature_extractor = checker, _Features()
-        return pipe
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(generate, "load_pipeline", load)
     rd = RunDir(str(tmp_path_factory.mktemp("eval-resume") / "run"))
     spy = SpyExecutor()
     eval_stage.run_eval_stage(load_config(overrides=OVERRIDES), rd, spy)
-    yield rd, spy
-    mp.undo()
+    return rd, spy
 
 
 def _answers(rd: RunDir) -> pd.DataFrame:

@@ -18,55 +18,11 @@ SKILLS = ("coco", "whoops")
 N_PROMPTS = 3
 
 
-class FlagEveryOther:
-    """Stands in for a pipeline's ``StableDiffusionSafetyChecker``: flags every second image
-    it is shown (counting across calls) and blacks it out, as the real one does."""
-
-    def __init__(self) -> None:
-        self.shown = 0
-        self.flagged = 0
-
-    def __call__(self, images, clip_input):
-        import torch
-
-        flags = []
-        for i in range(len(images)):
-            flags.append(self.shown % 2 == 1)
-            self.shown += 1
-            if flags[-1]:
-                images[i] = torch.zeros_like(images[i])
-        self.flagged += sum(flags)
-        return images, flags
-
-
-class _Features:
-    """The feature extractor a pipeline runs before its checker (its output is ignored)."""
-
-    def __call__(self, images, return_tensors):
-        import torch
-
-        self.pixel_values = torch.zeros(len(images), 3, 4, 4)
-        return self
-
-    def to(self, device):
-        return self
-
-
 @pytest.fixture
-def checker(monkeypatch, tiny_models):
+def checker(monkeypatch, tiny_models, install_flagging_checker):
     """A flagging checker in every pipeline loaded with ``safety_checker=True`` (the tiny
     pipeline ships none)."""
-    fake = FlagEveryOther()
-    real = generate.load_pipeline
-
-    def load(model, **kw):
-        pipe = real(model, **kw)
-        if kw.get("safety_checker"):
-            pipe.safety_checker, pipe.feature_extractor = fake, _Features()
-        return pipe
-
-    monkeypatch.setattr(generate, "load_pipeline", load)
-    return fake
+    return install_flagging_checker(monkeypatch)
 
 
 class SpyExecutor(InProcessExecutor):
