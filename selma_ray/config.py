@@ -354,7 +354,14 @@ class TrainConfig(Section):
     learning_rate: float = Field(
         3e-4, gt=0, description="Constant AdamW lr (paper 3e-4; SDXL 1e-4)."
     )
-    batch_size: int = Field(4, ge=1, description="Per-step batch (paper 16; SDXL 4).")
+    batch_size: int = Field(
+        4,
+        ge=1,
+        description=(
+            "Micro-batch: samples in one forward/backward, over all workers (paper 16; SDXL 4). "
+            "Only batch_size x gradient_accumulation changes results: trade them for memory."
+        ),
+    )
     gradient_accumulation: int = Field(1, ge=1, description="Paper 4; SDXL 8.")
     max_steps: int = Field(20, ge=1, description="Optimizer steps (paper 5,000; SDXL 10,000).")
     resolution: int = Field(64, ge=8, description="Training resolution (paper 512; SDXL 1024).")
@@ -367,8 +374,39 @@ class TrainConfig(Section):
             "pairs, same recipe and steps as one expert (evaluate it with eval.variants joint)."
         ),
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = Field(False, json_schema_extra=RUNTIME)
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no",
+        description=(
+            "Autocast dtype on CUDA (the frozen UNet is stored in it; LoRA weights stay float32). "
+            "bf16 needs no loss scaling; fp16 adds a GradScaler."
+        ),
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute activations in the backward pass (CUDA): about 1/3 more UNet FLOPs per "
+            "step for much less memory. Off where the micro-batch fits."
+        ),
+        json_schema_extra=RUNTIME,
+    )
+    compile: bool = Field(
+        False,
+        description=(
+            "torch.compile the UNet in place (each worker compiles once at its first step, a "
+            "minute or two for SD-size models; validation compiles once more)."
+        ),
+        json_schema_extra=RUNTIME,
+    )
+    channels_last: bool = Field(
+        False,
+        description="UNet weights and latents in channels_last memory format (faster convs).",
+        json_schema_extra=RUNTIME,
+    )
+    fused_optimizer: bool = Field(
+        True,
+        description="torch's fused AdamW (one kernel for all LoRA weights); off: foreach.",
+        json_schema_extra=RUNTIME,
+    )
     cache_inputs: bool = Field(True, description="Encode latents / text once, train from cache.")
     cache_pool: ActorPool = Field(
         default_factory=ActorPool,

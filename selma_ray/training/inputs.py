@@ -51,6 +51,7 @@ __all__ = [
     "encode_pairs",
     "encode_text",
     "stored_key",
+    "to_device",
     "tokenize",
 ]
 
@@ -59,6 +60,17 @@ KEY_METADATA = "selma_cache_key"
 
 
 # --------------------------------------------------------------------------- encoders
+
+
+def to_device(t: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``t`` on ``device``; onto a GPU from pinned memory without blocking the host (a
+    blocking copy waits for every kernel queued before it, so the GPU idles while the host
+    prepares the next micro-batch). torch's pinned-memory pool keeps the buffer until the copy
+    is done."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -239,16 +251,20 @@ class EncodedInputs:
         if any(flips) and self.latents_flipped is None:
             msg = "the input cache has no flipped latents (it was built with random_flip off)"
             raise ValueError(msg)
-        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.latents.device)
-        flip = torch.as_tensor(list(flips), dtype=torch.bool, device=self.latents.device)
+        # index tensors copied without blocking, no host read of a device tensor: on a GPU
+        # cache the gather is queued behind the running step instead of waiting for it
+        where = self.latents.device
+        idx = to_device(torch.as_tensor(list(rows), dtype=torch.long), where)
+        flip = to_device(torch.as_tensor(list(flips), dtype=torch.bool), where)
+        any_flip = any(flips)
         latents = self.latents[idx]
-        if self.latents_flipped is not None and bool(flip.any()):
+        if self.latents_flipped is not None and any_flip:
             latents = torch.where(flip[:, None, None, None], self.latents_flipped[idx], latents)
         text = self.text_index[idx]
         time_ids = None
         if self.time_ids is not None:
             time_ids = self.time_ids[idx]
-            if self.time_ids_flipped is not None and bool(flip.any()):
+            if self.time_ids_flipped is not None and any_flip:
                 time_ids = torch.where(flip[:, None], self.time_ids_flipped[idx], time_ids)
         return Batch(
             latents=latents.to(device),

@@ -7,14 +7,23 @@
 
 Determinism. Everything random is a pure function of ``(seed, step)``, never of a stateful
 generator: the data order (one seeded permutation per epoch over the training rows), each
-micro-batch's flips, timesteps and noise, the fixed validation noise and timesteps. Resuming
-from a step-``k`` checkpoint therefore replays exactly what an uninterrupted run does after step
-``k``, and the result does not depend on how many workers share the work.
+sample's flip, timestep and noise (drawn once per optimizer step for all its samples), the
+fixed validation noise and timesteps. Resuming from a step-``k`` checkpoint therefore replays
+exactly what an uninterrupted run does after step ``k``, and the result depends neither on how
+many workers share the work nor on how a step's samples are cut into micro-batches: 16 x 4 and
+64 x 1 train on the same samples with the same draws (equal up to float summation order).
 
 Batches. ``cfg.batch_size`` is the *global* micro-batch: with ``world_size`` workers each rank
 takes a disjoint contiguous slice of it (``batch_size >= world_size`` is required), and the
 loss is scaled so that DDP's gradient average is exactly the mean over the global batch. One
 optimizer step consumes ``batch_size * gradient_accumulation`` samples.
+
+Speed (CUDA). The step never waits on the host: the cache lives on the GPU, the draws are
+copied from pinned memory without blocking, and the loss stays on the device until the step
+ends. ``cfg.mixed_precision`` (bf16: no loss scaling), ``gradient_checkpointing`` (off where
+memory allows: a third fewer FLOPs), ``compile`` (the UNet, in place), ``channels_last`` and
+``fused_optimizer`` (fused AdamW) are the knobs ``benchmarks/train_step.py --ladder`` measures
+one by one.
 
 Reports. Every ``cfg.checkpoint_every`` steps and after the last step, the loop computes the
 validation loss (held-out prompts, or a fixed slice of the training pairs when nothing is held
@@ -54,7 +63,7 @@ from selma_ray.training.data import (
     subseed,
     validation_slice,
 )
-from selma_ray.training.inputs import EncodedInputs, OnTheFlyInputs, encode_text
+from selma_ray.training.inputs import EncodedInputs, OnTheFlyInputs, encode_text, to_device
 from selma_ray.training.lora import (
     add_lora,
     load_lora_state,
@@ -101,6 +110,8 @@ _BEST_FILE = "best_lora.safetensors"
 _OPTIM_FILE = "optimizer.pt"
 _RNG_FILE = "rng.pt"
 CHECKPOINT_FORMAT = 1
+#: Keyword arguments of ``nn.Module.compile`` for ``train.compile`` (tests choose a backend).
+COMPILE_OPTIONS: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -462,22 +473,45 @@ class _Trainer:
         for m in (te, te2):
             if m is not None:
                 m.to(device)
+        if cfg.channels_last:
+            self.comps.unet.to(memory_format=torch.channels_last)
         if cfg.gradient_checkpointing and device.type == "cuda":
             self.comps.unet.enable_gradient_checkpointing()
             for m in (te, te2):
                 if m is not None:
                     m.gradient_checkpointing_enable()
+        if cfg.compile:  # in place: parameter names (the LoRA state's keys) stay as they are
+            self.comps.unet.compile(**COMPILE_OPTIONS)
 
     def _make_optimizer(self) -> None:
-        """AdamW over the LoRA parameters; a gradient scaler for fp16."""
+        """AdamW over the LoRA parameters (fused with ``fused_optimizer``); a gradient scaler
+        for fp16."""
         self.optimizer = torch.optim.AdamW(
             self.params,
             lr=self.cfg.learning_rate,
             betas=ADAM_BETAS,
             weight_decay=ADAM_WEIGHT_DECAY,
             eps=ADAM_EPS,
+            fused=self.cfg.fused_optimizer or None,
         )
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        )
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        """Load an optimizer state saved by any run, keeping THIS run's implementation: torch
+        restores the saved ``fused`` / ``foreach`` flags, and fused AdamW keeps its step counts
+        on the parameters' device (the others on the CPU)."""
+        self.optimizer.load_state_dict(state)
+        fused = bool(self.cfg.fused_optimizer)
+        for group in self.optimizer.param_groups:
+            group["fused"], group["foreach"] = (True, None) if fused else (None, None)
+            for p in group["params"]:
+                st = self.optimizer.state.get(p)
+                if st and "step" in st:
+                    step = float(st["step"])
+                    where = p.device if fused else torch.device("cpu")
+                    st["step"] = torch.tensor(step, dtype=torch.float32, device=where)
 
     def _start_progress(self) -> None:
         """Step 0: empty curves, no best step yet, the seeded sample order, unwrapped models."""
@@ -524,7 +558,7 @@ class _Trainer:
             raise ValueError(msg)
         self.load_lora(ckpt.lora)
         if ckpt.optimizer is not None:
-            self.optimizer.load_state_dict(ckpt.optimizer)
+            self._load_optimizer(ckpt.optimizer)
         if self.scaler is not None and ckpt.scaler:
             self.scaler.load_state_dict(ckpt.scaler)
         _set_rng_state(ckpt.rng)
@@ -594,55 +628,77 @@ class _Trainer:
             if embeds is None:  # pragma: no cover - guarded by with_text_states
                 msg = "no text states in the batch"
                 raise RuntimeError(msg)
-            noise = noise_for(batch.latents.shape).to(self.device)
+            latents = batch.latents
+            noise = to_device(noise_for(latents.shape), self.device)
+            if self.cfg.channels_last:
+                latents = latents.contiguous(memory_format=torch.channels_last)
+                noise = noise.contiguous(memory_format=torch.channels_last)
             return noise_pred_loss(
                 model,
                 self.comps.scheduler,
-                batch.latents,
+                latents,
                 embeds,
                 noise,
-                timesteps.to(self.device),
+                to_device(timesteps, self.device),
                 added_cond_kwargs=batch.added_cond_kwargs(pooled),
                 reduction="none",
             )
 
     def train_step(self) -> float:
         """One optimizer step (``gradient_accumulation`` micro-batches); returns the mean loss."""
+        return float(self.train_step_lazy())
+
+    def _step_draws(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flip and timestep of each of optimizer step ``step``'s ``n`` samples."""
+        gen = torch.Generator().manual_seed(subseed(self.seed, "step", step))
+        flip_draw = torch.rand(n, generator=gen) < 0.5
+        flips = flip_draw if self.cfg.random_flip else torch.zeros(n, dtype=torch.bool)
+        n_timesteps = self.comps.scheduler.config.num_train_timesteps
+        return flips, torch.randint(0, n_timesteps, (n,), generator=gen)
+
+    def train_step_lazy(self) -> torch.Tensor:
+        """:meth:`train_step` with the mean loss left on the device (a 0-d float64 tensor):
+        reading it waits for the step's kernels, so :func:`_train` reads them at reports."""
         cfg = self.cfg
         step = self.step + 1
         b, w = cfg.batch_size, self.world_size
         lo, hi = shard_bounds(b, w, self.rank)
         accum = cfg.gradient_accumulation
-        n_timesteps = self.comps.scheduler.config.num_train_timesteps
-        scale = w / (b * accum)  # DDP averages over ranks: the result is the global mean
-        self.comps.unet.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        for micro in range(accum):
-            gen = torch.Generator().manual_seed(subseed(self.seed, "batch", step, micro))
-            first = ((step - 1) * accum + micro) * b
-            rows = [self.order(first + j) for j in range(b)][lo:hi]
-            flip_draw = torch.rand(b, generator=gen) < 0.5
-            flips = (flip_draw if cfg.random_flip else torch.zeros(b, dtype=torch.bool))[lo:hi]
-            timesteps = torch.randint(0, n_timesteps, (b,), generator=gen)[lo:hi]
-            noise_seed = subseed(self.seed, "noise", step, micro)
+        n = b * accum  # the step's samples; their draws do not depend on the micro-batch cut
+        flips_all, timesteps_all = self._step_draws(step, n)
+        noise_seed = subseed(self.seed, "noise", step)
+        noise_all: list[torch.Tensor] = []  # all n samples' noise, drawn at the first need
 
-            def noise_for(shape: torch.Size, noise_seed: int = noise_seed) -> torch.Tensor:
+        def noise_for(shape: torch.Size, first: int) -> torch.Tensor:
+            if not noise_all:
                 g = torch.Generator().manual_seed(noise_seed)
-                return torch.randn((b, *shape[1:]), generator=g)[lo:hi]
+                noise_all.append(torch.randn((n, *shape[1:]), generator=g))
+            return noise_all[0][first + lo : first + hi]
 
+        scale = w / n  # DDP averages over ranks: the result is the global mean
+        self.comps.unet.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro in range(accum):
+            first = micro * b  # this micro-batch's first sample in the step
+            rows = [self.order((step - 1) * n + first + j) for j in range(b)][lo:hi]
             sync = micro == accum - 1
             no_sync = getattr(self.model, "no_sync", None)
             ctx = no_sync() if (not sync and no_sync is not None) else contextlib.nullcontext()
             with ctx:
                 per = self._per_sample_loss(
-                    self.model, rows, flips.tolist(), timesteps, noise_for, self.te_models
+                    self.model,
+                    rows,
+                    flips_all[first + lo : first + hi].tolist(),
+                    timesteps_all[first + lo : first + hi],
+                    lambda shape, first=first: noise_for(shape, first),
+                    self.te_models,
                 )
                 loss = per.sum() * scale
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
                     loss.backward()
-            loss_sum += per.detach().double().sum().cpu()
+            loss_sum += per.detach().double().sum()
         self._sync_grads()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -654,14 +710,13 @@ class _Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step = step
-        total = torch.stack([loss_sum, torch.tensor(float((hi - lo) * accum), dtype=torch.float64)])
+        count = torch.full((), float((hi - lo) * accum), dtype=torch.float64, device=self.device)
+        total = torch.stack([loss_sum, count])
         if _dist_ready(self.world_size):
             import torch.distributed as dist
 
-            total = total.to(self.device)
             dist.all_reduce(total)
-            total = total.cpu()
-        return float(total[0] / total[1])
+        return total[0] / total[1]
 
     def _sync_grads(self) -> None:
         """Average gradients across ranks when the model is not DDP-wrapped."""
@@ -756,7 +811,8 @@ def train_expert(
     joint multi-skill baseline, saved as the expert ``skill``; see
     :func:`~selma_ray.training.data.load_job_pairs`).
     ``device``: default CUDA when available. Mixed precision and gradient checkpointing apply
-    on CUDA only. See the module docstring for determinism, sharding and reporting.
+    on CUDA only; ``compile``, ``channels_last`` and ``fused_optimizer`` everywhere. See the
+    module docstring for determinism, sharding and reporting.
     """
     from selma_ray.storage import RunDir
 
@@ -803,12 +859,15 @@ def _train(trainer: _Trainer, reporter: Reporter) -> None:
     # wall-clock bounds of this process's training steps: comparable across workers and nodes
     trainer.timings["train_started_at"] = time.time()
     steps_run = 0
+    pending: list[torch.Tensor] = []  # the interval's losses, still on the device
     while trainer.step < cfg.max_steps:
-        loss = trainer.train_step()
+        pending.append(trainer.train_step_lazy())
         steps_run += 1
-        trainer.train_curve.append([trainer.step, loss])
-        interval_losses.append(loss)
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.max_steps:
+            first = trainer.step - len(pending) + 1
+            interval_losses = torch.stack(pending).cpu().tolist()  # waits for the steps
+            pending = []
+            trainer.train_curve.extend([first + i, loss] for i, loss in enumerate(interval_losses))
             elapsed = time.perf_counter() - interval_start
             _checkpoint_step(trainer, reporter, interval_losses, elapsed)
             interval_losses = []
