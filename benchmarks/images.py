@@ -10,7 +10,10 @@ column draws ``--n`` images and writes them as PNG files:
   image per UNet call (the default, byte-reproducible) or ``--batch-size`` images per call.
 
 ``--no-ray`` leaves out the Ray columns (a GPU box without Ray installed: the core and the
-bare loop still compare); ``--no-bare`` the bare loop. ``--json PATH`` writes every column's
+bare loop still compare); ``--no-bare`` the bare loop; ``--core-mode exact|batched`` keeps one
+of the two core columns. ``--channels-last`` / ``--fuse-qkv`` draw every column with
+``images.channels_last`` / ``images.fuse_qkv`` (the bare loop with the same diffusers calls);
+run once with and once without to compare. ``--json PATH`` writes every column's
 numbers (median over the runs) to PATH. ``--model tiny:sd15-size`` is Stable Diffusion 1.5's
 architecture at full size with random weights, for GPUs where no weights can be downloaded.
 
@@ -24,6 +27,7 @@ Ray) is reported apart from the steady-state rate, which leaves out each worker'
         --resolution 512 --gpus-per-actor 0.5
     python benchmarks/images.py --model tiny:sd15-size --n 16 --steps 30 --resolution 512 \
         --batch-size 8 --core --no-ray
+    python benchmarks/images.py --core --core-mode batched --no-ray --no-bare --fuse-qkv
 """
 
 from __future__ import annotations
@@ -61,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--core", action="store_true", help="add the in-process ImageGenerator")
     p.add_argument("--no-ray", action="store_true", help="leave out the Ray Data columns")
     p.add_argument("--no-bare", action="store_true", help="leave out the bare diffusers loop")
+    p.add_argument(
+        "--core-mode", choices=("both", "exact", "batched"), default="both",
+        help="core columns: one image per call, --batch-size per call, or both",
+    )  # fmt: skip
+    p.add_argument("--channels-last", action="store_true", help="images.channels_last")
+    p.add_argument("--fuse-qkv", action="store_true", help="images.fuse_qkv")
     p.add_argument("--json", default=None, metavar="PATH", help="write the columns here")
     p.add_argument("--repeats", type=int, default=1, help="runs of every column (median)")
     args = p.parse_args(argv)
@@ -96,6 +106,11 @@ def bare_loop(args: argparse.Namespace, rows: list[dict[str, Any]], out: str) ->
         resolve_model(args.model, args.cache_dir), torch_dtype=dtype
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if args.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if args.fuse_qkv:
+        pipe.fuse_qkv_projections()
     t_ready = time.perf_counter() - t0
     os.makedirs(out, exist_ok=True)
     finished = []
@@ -135,6 +150,8 @@ def images_config(args: argparse.Namespace, **extra: Any) -> Any:
         rows_per_task=args.batch_size,
         images_per_call=args.batch_size,
         dtype="auto",
+        channels_last=args.channels_last,
+        fuse_qkv=args.fuse_qkv,
         **extra,
     )
 
@@ -262,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.no_bare:
                     columns["bare"] = bare_loop(args, rows, os.path.join(tmp, f"bare-{r}"))
                 if args.core:
-                    for exact in (True, False):
+                    modes = {"both": (True, False), "exact": (True,), "batched": (False,)}
+                    for exact in modes[args.core_mode]:
                         name = "core exact" if exact else "core batched"
                         out = os.path.join(tmp, f"{name.replace(' ', '-')}-{r}")
                         columns[name] = core_generator(args, rows, out, exact)
@@ -282,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nmodel {args.model}, {args.n} images, {args.steps} steps, {args.resolution} px, "
         f"batch {args.batch_size}, {args.threads} torch thread(s) per worker, Ray columns "
-        f"{mode}, {os.cpu_count()} CPUs, median of {args.repeats} run(s)"
+        f"{mode}, {os.cpu_count()} CPUs, median of {args.repeats} run(s), channels_last "
+        f"{args.channels_last}, fuse_qkv {args.fuse_qkv}"
     )
     medians = median_columns(runs)
     print(table(medians, ray_init_s))
@@ -297,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "ray_batched": args.batched,
+            "channels_last": args.channels_last,
+            "fuse_qkv": args.fuse_qkv,
             "ray_init_s": ray_init_s,
             "columns": medians,
         }

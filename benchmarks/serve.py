@@ -11,6 +11,10 @@ Three measurements, same model, run dir, prompt, size, steps and torch threads e
   into one slot, ``--compile`` on a compiled UNet, where hot-swap avoids a recompile);
 - throughput (images/s) with 1..C concurrent HTTP clients.
 
+``--channels-last`` / ``--fuse-qkv`` run everything with ``serve.channels_last`` /
+``serve.fuse_qkv`` (with fused QKV a switch also rebuilds the fused weights: its cost is in the
+switch time); run once with and once without to compare.
+
 The direct part runs first and is released before Serve starts, so the two never share cores.
 Without ``--run-dir`` a run dir with random LoRAs on ``--model`` is written to a temp dir.
 
@@ -55,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="direct part: switch variants by set_adapters (off), LoRA hot-swap (on) or both",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="direct part: torch.compile the UNet")
+    p.add_argument("--channels-last", action="store_true", help="serve.channels_last")
+    p.add_argument("--fuse-qkv", action="store_true", help="serve.fuse_qkv")
     p.add_argument("--skip-direct", action="store_true")
     p.add_argument("--skip-serve", action="store_true")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -193,6 +199,8 @@ def bench_serve(args: argparse.Namespace, run_dir: str, spec: Any) -> dict[str, 
                 "max_queued_requests": 4 * top,
                 "max_size": max(args.size, 64),
                 "max_steps": max(args.steps, 1),
+                "channels_last": args.channels_last,
+                "fuse_qkv": args.fuse_qkv,
             },
             "torch_threads": args.threads,
             "device": args.device,
@@ -309,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="selma-serve-bench-")
         run_dir = os.path.join(tmp.name, "run")
-        spec = make_random_run_dir(run_dir, base_model=args.model)
+        options = {"channels_last": args.channels_last, "fuse_qkv": args.fuse_qkv}
+        spec = make_random_run_dir(run_dir, base_model=args.model, serve_overrides=options)
     results: dict[str, Any] = {
         "model": spec.base_model,
         "variants": list(spec.variants),
@@ -317,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "threads": args.threads,
         "n": args.n,
+        "channels_last": args.channels_last,
+        "fuse_qkv": args.fuse_qkv,
     }
     if not args.skip_direct:
         import dataclasses
@@ -324,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.hotswap]
         for hotswap in modes:
             key = "direct_hotswap" if hotswap else "direct"
-            one = dataclasses.replace(spec, hotswap=hotswap, compile=args.compile)
+            one = dataclasses.replace(
+                spec, hotswap=hotswap, compile=args.compile, channels_last=args.channels_last,
+                fuse_qkv=args.fuse_qkv,
+            )  # fmt: skip
             results[key] = bench_direct(args, one)
     if not args.skip_serve:
         results["serve"] = bench_serve(args, run_dir, spec)

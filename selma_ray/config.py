@@ -301,6 +301,24 @@ class ImagesConfig(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
     attention: Literal["sdpa", "default"] = Field("sdpa", json_schema_extra=RUNTIME)
     compile: bool = Field(False, description="torch.compile the UNet.", json_schema_extra=RUNTIME)
+    channels_last: bool = Field(
+        False,
+        description=(
+            "UNet and VAE weights in channels_last memory format (NHWC convolutions: faster on "
+            "GPUs with tensor cores, often slower on CPUs). Changes float sums, so an image's "
+            "bytes may differ in a uint8 rounding: part of the stage fingerprint."
+        ),
+    )
+    fuse_qkv: bool = Field(
+        False,
+        description=(
+            "Fused QKV projections (diffusers fuse_qkv_projections): one matmul for a "
+            "self-attention's query, key and value, one for a cross-attention's key and value; "
+            "each LoRA is folded into the fused weights when it is loaded or switched. Costs a "
+            "second copy of the UNet's and VAE's q/k/v weights; needs attention: sdpa. Changes "
+            "float sums: part of the stage fingerprint."
+        ),
+    )
     pool: ActorPool = _pool()
     rows_per_task: int = Field(
         8,
@@ -337,6 +355,16 @@ class ImagesConfig(Section):
             "eval/report.json."
         ),
     )
+
+    @model_validator(mode="after")
+    def _fused_qkv_needs_sdpa(self) -> ImagesConfig:
+        if self.fuse_qkv and self.attention != "sdpa":
+            msg = (
+                f"images.fuse_qkv needs images.attention: sdpa (got {self.attention!r}): the "
+                "fused processor is torch SDPA; set images.attention=sdpa or fuse_qkv=false"
+            )
+            raise ValueError(msg)
+        return self
 
 
 # --------------------------------------------------------------------------- stage 3: experts
@@ -545,6 +573,24 @@ class ServeConfig(Section):
         ),
         json_schema_extra=RUNTIME,
     )
+    channels_last: bool = Field(
+        False,
+        description=(
+            "Each replica's UNet and VAE weights in channels_last memory format (faster NHWC "
+            "convolutions on GPUs with tensor cores); images may differ from the default's in "
+            "a uint8 rounding."
+        ),
+    )
+    fuse_qkv: bool = Field(
+        False,
+        description=(
+            "Each replica's attention with fused QKV projections (diffusers "
+            "fuse_qkv_projections; needs images.attention: sdpa). A switch rebuilds the fused "
+            "weights from the base and the variant's LoRA, in place (with hot-swap too: no "
+            "recompile); costs a second copy of the q/k/v weights. Images may differ from the "
+            "unfused ones in a uint8 rounding."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- infrastructure
@@ -642,6 +688,16 @@ class SelmaConfig(Section):
             msg = (
                 "eval.variants includes joint, but train.joint is false: set train.joint=true "
                 "so the experts stage trains the joint baseline, or drop joint"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _serve_fused_qkv_needs_sdpa(self) -> SelmaConfig:
+        if self.serve.fuse_qkv and self.images.attention != "sdpa":
+            msg = (
+                "serve.fuse_qkv needs images.attention: sdpa (the replicas' attention; got "
+                f"{self.images.attention!r}): set images.attention=sdpa or serve.fuse_qkv=false"
             )
             raise ValueError(msg)
         return self

@@ -72,7 +72,13 @@ from selma_ray.evaluation.saved import (
 )
 from selma_ray.evaluation.scoring import REFERENCE_RULES, score_dsg, score_tifa
 from selma_ray.execution import Executor, batch_to_rows, rows_to_batch
-from selma_ray.images.generate import ImageGenerator, image_seed, rows_to_draw, unpack_row
+from selma_ray.images.generate import (
+    ImageGenerator,
+    image_seed,
+    rows_to_draw,
+    sync_fused_qkv,
+    unpack_row,
+)
 from selma_ray.images.stage import draw_rows
 from selma_ray.layout import eval_images
 from selma_ray.rehearsal import describe as describe_rehearsal
@@ -199,7 +205,9 @@ class LoraImageGenerator(ImageGenerator):
     """:class:`ImageGenerator` whose rows name a variant (``skill`` column) and whose LoRA is
     loaded before drawing them (swapped when the variant changes; rows come sorted by it).
     An image the safety checker flags is kept as drawn (black), beside its marker: every
-    variant is scored on the same items."""
+    variant is scored on the same items. With ``images.fuse_qkv`` each swap rebuilds the fused
+    QKV weights from the base weights and the variant's LoRA
+    (:func:`~selma_ray.images.generate.sync_fused_qkv`)."""
 
     drop_flagged = False
 
@@ -236,6 +244,8 @@ class LoraImageGenerator(ImageGenerator):
             self.pipe.load_lora_weights(
                 local, weight_name=layout.LORA_FILE, adapter_name="selma_eval"
             )
+        # images.fuse_qkv: the fused weights take the new LoRA (or none); no-op when unfused
+        sync_fused_qkv(self.pipe)
         self.current = variant
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ has the same shape. An image's bytes then depend on its group (prompts, seeds, p
 whatever the actor count, retries and resumes: on GPUs too, where fp16 kernels depend on a
 sample's position in the batch (measured in ``benchmarks/batch_invariance.py``). Prompts are
 encoded one at a time (CLIP's text encoder gives a prompt other states at other batch
-positions). Bytes are always specific to the device type, dtype and library versions.
+positions). Bytes are always specific to the device type, dtype and library versions, and to
+``images.channels_last`` / ``images.fuse_qkv`` (other kernels, other float sums: both are in the
+stage fingerprint).
 
 Safety checker (``images.safety_checker``): off, a pipeline that ships one is loaded without
 it. On, the images it flags (which it blacks out) are not written: an empty marker
@@ -270,12 +272,17 @@ def load_pipeline(
     cache_dir: str | None = None,
     device: str | None = None,
     safety_checker: bool | None = None,
+    channels_last: bool = False,
+    fuse_qkv: bool = False,
 ) -> Any:
     """The diffusers pipeline of ``model`` on ``device`` (``images.*`` settings of that name).
 
     ``safety_checker``: False loads a pipeline that ships one (SD 1.x/2.x on the hub) without
     it, True keeps it (it blacks out flagged images; :class:`ImageGenerator` reads its flags),
-    None loads the pipeline as it ships.
+    None loads the pipeline as it ships. ``channels_last``: the UNet's and VAE's weights in
+    that memory format. ``fuse_qkv``: their attention with fused QKV projections
+    (:func:`fuse_qkv_projections`; whoever then loads or switches a LoRA calls
+    :func:`sync_fused_qkv`, or the fused weights keep the old one).
     """
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -303,10 +310,106 @@ def load_pipeline(
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     _set_attention(pipe, attention)
+    if channels_last:
+        import torch
+
+        for name in ("unet", "transformer", "vae"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(memory_format=torch.channels_last)
+    if fuse_qkv:
+        if attention != "sdpa":
+            msg = (
+                f"images.fuse_qkv needs images.attention: sdpa (got {attention!r}): the fused "
+                "processor is torch SDPA"
+            )
+            raise ValueError(msg)
+        fuse_qkv_projections(pipe)
     if compile:  # in place (nn.Module.compile): LoRA loading still finds the module's adapters
         denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         getattr(pipe, denoiser).compile()
     return pipe
+
+
+def fuse_qkv_projections(pipe: Any) -> None:
+    """Fused QKV projections in the UNet and (an ``AutoencoderKL``) VAE: diffusers'
+    ``fuse_qkv_projections``, which adds ``to_qkv`` (self-attention) / ``to_kv``
+    (cross-attention) layers holding copies of the projections' weights, and its
+    ``FusedAttnProcessor2_0`` that calls them instead of ``to_q/to_k/to_v``."""
+    from diffusers import AutoencoderKL
+
+    unet = getattr(pipe, "unet", None)
+    if unet is None or not hasattr(unet, "fuse_qkv_projections"):
+        msg = (
+            f"images.fuse_qkv: {type(pipe).__name__} has no UNet whose QKV projections diffusers "
+            "can fuse; set fuse_qkv=false"
+        )
+        raise ValueError(msg)
+    unet.fuse_qkv_projections()
+    if isinstance(getattr(pipe, "vae", None), AutoencoderKL):
+        pipe.vae.fuse_qkv_projections()
+    sync_fused_qkv(pipe)  # a LoRA loaded before: folded in now
+
+
+def sync_fused_qkv(pipe: Any) -> int:
+    """Rebuild every fused QKV weight (:func:`fuse_qkv_projections`) from what its projections
+    compute now: the base weight plus each active, unmerged PEFT LoRA's ``scale * B @ A``.
+
+    diffusers builds ``to_qkv`` from the base weights alone and its fused processor never calls
+    the LoRA layers of ``to_q/to_k/to_v``, so without this a LoRA loaded, switched (set_adapters,
+    hot-swap) or unloaded after fusing would be silently ignored, or kept. The fused weights are
+    written in place (a compiled UNet is not recompiled) and always from the untouched base
+    weights, so a variant's fused weights do not depend on which variants came before. Returns
+    how many fused layers were rebuilt (0: nothing fused)."""
+    import torch
+
+    rebuilt = 0
+    for model in (getattr(pipe, "unet", None), getattr(pipe, "vae", None)):
+        if model is None or not hasattr(model, "modules"):
+            continue
+        for module in model.modules():
+            if not getattr(module, "fused_projections", False):
+                continue
+            if getattr(module, "to_qkv", None) is not None and not module.is_cross_attention:
+                fused, parts = module.to_qkv, (module.to_q, module.to_k, module.to_v)
+            elif getattr(module, "to_kv", None) is not None:
+                fused, parts = module.to_kv, (module.to_k, module.to_v)
+            else:
+                continue
+            with torch.no_grad():
+                start = 0
+                for layer in parts:
+                    weight = _effective_weight(layer)
+                    fused.weight[start : start + weight.shape[0]].copy_(weight)
+                    start += weight.shape[0]
+            rebuilt += 1
+    return rebuilt
+
+
+def _effective_weight(layer: Any) -> torch.Tensor:
+    """The weight a linear layer applies now: a plain ``nn.Linear``'s own; a PEFT LoRA layer's
+    base weight plus each active adapter's delta (none when disabled or already merged)."""
+    import torch
+
+    base = getattr(layer, "base_layer", None)
+    if base is None:
+        return layer.weight
+    weight = base.weight
+    if getattr(layer, "disable_adapters", False) or getattr(layer, "merged", False):
+        return weight
+    deltas = []
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        if name in getattr(layer, "lora_variant", {}) or getattr(layer, "lora_bias", {}).get(name):
+            msg = (
+                f"images.fuse_qkv: adapter {name!r} is a DoRA or has a LoRA bias, which fused "
+                "QKV projections cannot hold; set fuse_qkv=false"
+            )
+            raise ValueError(msg)
+        deltas.append(layer.get_delta_weight(name).to(torch.float32))
+    if not deltas:
+        return weight
+    return (weight.to(torch.float32) + sum(deltas)).to(weight.dtype)
 
 
 def _without_checker(path: str, safety_checker: bool | None) -> dict[str, Any]:
@@ -394,6 +497,8 @@ class ImageGenerator:
             cache_dir=cache_dir,
             device=self.device,
             safety_checker=self.cfg.safety_checker,
+            channels_last=self.cfg.channels_last,
+            fuse_qkv=self.cfg.fuse_qkv,
         )
         self.load_seconds = time.perf_counter() - t0
         self.last_flags: list[bool] = []  # per image of the last draw: flagged by the checker

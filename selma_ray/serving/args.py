@@ -236,10 +236,20 @@ def resolve(args: Mapping[str, Any] | ServeArgs | None) -> ServePlan:
     rd = RunDir(a.run_dir)
     try:
         run = load_run_config(rd)
-        spec = discover_variants(rd, run)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"run_dir: {e}") from e
     serve = a.serve_config(run.serve)
+    # the replicas load what the overrides say (serve.compile, fuse_qkv...), checked against
+    # the run's other sections (serve.fuse_qkv needs images.attention: sdpa)
+    try:
+        run = SelmaConfig.model_validate({**run.model_dump(), "serve": serve.model_dump()})
+    except ValidationError as e:
+        lines = _format_errors(e, prefix="")
+        raise ConfigError("\n".join(["build_app: invalid arguments:", *lines])) from None
+    try:
+        spec = discover_variants(rd, run)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"run_dir: {e}") from e
     digest = _auth_digest(serve)
     if not _is_loopback(serve.host) and digest is None:
         log.warning(

@@ -25,6 +25,12 @@ the plain pipeline's). Shapes and the scaling tensors never change, so a compile
 recompiled, and the images equal a fresh pipeline's with that variant's LoRA alone (tested).
 Every adapter must target the UNet's modules alone.
 
+Fused QKV (``serve.fuse_qkv``): diffusers' fused attention reads one ``to_qkv`` / ``to_kv``
+weight built from the base weights, past the LoRA layers of ``to_q/to_k/to_v``; every switch
+(either way above) therefore rebuilds those weights, in place, from the base weights and the
+variant's LoRA (:func:`~selma_ray.images.generate.sync_fused_qkv`): the images match an unfused
+pipeline's within float rounding, and a compiled, hot-swapping UNet is still not recompiled.
+
 Isolation: the adapter state is global to the pipeline, so activate-then-denoise must be atomic.
 :class:`VariantPipeline` holds a lock around switch + denoise, and :class:`PipelineWorker` runs
 every generation on ONE worker thread, so concurrent requests for different variants never see
@@ -109,6 +115,10 @@ class ModelSpec:
     #: keep the pipeline's safety checker (``images.safety_checker``; it blacks out flagged
     #: images); off, a pipeline that ships one is loaded without it
     safety_checker: bool = False
+    #: UNet and VAE in channels_last memory format (``serve.channels_last``)
+    channels_last: bool = False
+    #: fused QKV projections, rebuilt with the variant's LoRA on each switch (``serve.fuse_qkv``)
+    fuse_qkv: bool = False
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -229,6 +239,8 @@ def discover_variants(run_dir: str | RunDir, cfg: SelmaConfig | None = None) -> 
         defaults=Defaults.from_images_config(cfg.variant_images(), limits),
         compile=cfg.serve.compile,
         safety_checker=cfg.images.safety_checker,
+        channels_last=cfg.serve.channels_last,
+        fuse_qkv=cfg.serve.fuse_qkv,
         hotswap=cfg.serve.compile if cfg.serve.lora_hotswap is None else cfg.serve.lora_hotswap,
     )
 
@@ -287,6 +299,8 @@ class VariantPipeline:
             cache_dir=spec.cache_dir,
             device=self.device,
             safety_checker=spec.safety_checker,
+            channels_last=spec.channels_last,
+            fuse_qkv=spec.fuse_qkv,
         )
         self.load_seconds = time.perf_counter() - t0
         self.adapter_names: dict[str, str] = {}
@@ -409,6 +423,10 @@ class VariantPipeline:
         else:
             self.pipe.enable_lora()
             self.pipe.set_adapters([self.adapter_names[variant]])
+        if self.spec.fuse_qkv:  # the fused weights: base + this variant's LoRA, in place
+            from selma_ray.images.generate import sync_fused_qkv
+
+            sync_fused_qkv(self.pipe)
         self._active = variant
         seconds = time.perf_counter() - t0
         self.stats["switches"] += 1

@@ -228,3 +228,42 @@ def test_app_over_the_real_pipeline_in_process(served_run_dir):
         guidance_scale=plan.spec.defaults.guidance_scale,
     )
     assert png.startswith(b"\x89PNG") and [png] == engine.generate(job)
+
+
+def test_resolve_passes_serve_overrides_to_the_replicas_model(served_run_dir, tmp_path):
+    """``serve.*`` build arguments reach the ModelSpec the replicas load (they were read from
+    the run's saved config alone), and are checked against the run's other sections."""
+    from selma_ray.config import ConfigError
+    from selma_ray.serving.args import resolve
+
+    base = {"run_dir": served_run_dir["path"], "serve.auth_token_env": ""}
+    plain = resolve(base)
+    assert (plain.spec.compile, plain.spec.fuse_qkv, plain.spec.channels_last) == (
+        False,
+        False,
+        False,
+    )
+    plan = resolve(
+        {**base, "serve.compile": True, "serve.fuse_qkv": True, "serve.channels_last": True}
+    )
+    assert (plan.spec.compile, plan.spec.fuse_qkv, plan.spec.channels_last) == (True, True, True)
+    assert plan.spec.hotswap  # follows serve.compile when serve.lora_hotswap is unset
+    assert plan.run.serve.model_dump() == plan.serve.model_dump()
+    assert plan.spec.variants == plain.spec.variants
+    # a run drawn with the default attention processor: its replicas cannot fuse QKV
+    import shutil
+
+    import yaml
+
+    from selma_ray import layout
+
+    run = tmp_path / "run"
+    shutil.copytree(served_run_dir["path"], run)
+    config = run.joinpath(*layout.config())
+    saved = yaml.safe_load(config.read_text())
+    saved.setdefault("images", {})["attention"] = "default"
+    config.write_text(yaml.safe_dump(saved))
+    other = {"run_dir": str(run), "serve.auth_token_env": ""}
+    assert resolve(other).run.images.attention == "default"
+    with pytest.raises(ConfigError, match="serve.fuse_qkv needs images.attention: sdpa"):
+        resolve({**other, "serve.fuse_qkv": True})
