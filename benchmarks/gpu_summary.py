@@ -19,7 +19,13 @@ Keys (see ``SUMMARY_KEYS``):
   (``images.exact_per_image`` of the ``sd15`` preset), ``images_default_mode`` names it;
 - ``batched_bytes_identical``: every image byte-identical between two batched drawings
   through the stage's ``draw_rows`` with two task splits (``batch_invariance`` check);
-- ``train_samples_per_s``: the expert's training step with cached inputs (``train_step``);
+- ``train_samples_per_s``: the expert's training step with cached inputs, in the fastest
+  configuration measured (``train_best`` names it): a rung of ``train_step.py --ladder`` (the
+  ``train_step`` check: the old ``sd15`` step first, then one speed option more per rung) or the
+  compiled step (``train_compiled``); ``train_samples_per_s_before`` / ``train_mfu_before``: the
+  ladder's first rung (the ``sd15`` preset's step before [throughput] item 0: fp16, gradient
+  checkpointing, foreach AdamW); ``train_ladder`` lists every rung (samples/s, MFU, peak
+  memory, mean loss: the same samples and draws in each);
 - ``train_mfu`` = ``train_samples_per_s`` x ``train_flop_per_sample`` / peak, where
   ``train_flop_per_sample`` = F x (2 + 1 if gradient checkpointing was on): F is one UNet
   forward per sample at the training resolution, counted by ``gpu_unet.py`` (the
@@ -29,7 +35,11 @@ Keys (see ``SUMMARY_KEYS``):
   forward that checkpointing recomputes; the issue's ~2.4 TFLOP per sample for the ``sd15``
   step (803 GFLOP forward, checkpointing on) is this count.
   ``train_mfu_executed`` divides instead the FLOPs ``train_step.py`` counted in one
-  whole real step (a check on the formula: within a few % without checkpointing);
+  whole real step of that configuration (a check on the formula: within a few % without
+  checkpointing);
+- ``images_per_s_batched_channels_last`` / ``images_per_s_batched_fuse_qkv``: batched drawing
+  with ``images.channels_last`` / ``images.fuse_qkv`` (``images_channels_last`` /
+  ``images_fuse_qkv`` checks), beside ``images_per_s_batched``;
 - ``unet_mfu_eager`` / ``unet_mfu_compiled``: ``gpu_unet.py`` in bf16, eager / under
   ``torch.compile`` (``unet_bf16`` / ``unet_compile`` checks; ``unet_compile_backend`` names
   the backend: inductor, or aot_eager in a CPU smoke run);
@@ -37,7 +47,9 @@ Keys (see ``SUMMARY_KEYS``):
   (one expert throughout), Serve from the ``serve_http`` check (needs Ray), direct from
   ``serve_switch``;
 - ``expert_switch_ms``: the mean switch time between alternating experts with LoRA hot-swap;
-  ``expert_switch_ms_set_adapters`` the same with ``set_adapters`` (``serve_switch``).
+  ``expert_switch_ms_set_adapters`` the same with ``set_adapters`` (``serve_switch``);
+  ``expert_switch_ms_fused``: hot-swap with ``serve.fuse_qkv`` (the fused QKV weights rebuilt
+  on each switch; ``serve_switch_fused``).
 
 Peak: ``--peak-tflops``, else ``gpu_unet.py``'s table of dense bf16 peaks by device name (none
 for a CPU: the MFU keys are then null).
@@ -73,21 +85,30 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "train_samples_per_s",
     "train_mfu",
     "train_mfu_executed",
+    "train_samples_per_s_before",
+    "train_mfu_before",
+    "images_per_s_batched_channels_last",
+    "images_per_s_batched_fuse_qkv",
     "unet_mfu_eager",
     "unet_mfu_compiled",
     "serve_overhead_fraction",
     "expert_switch_ms",
     "expert_switch_ms_set_adapters",
+    "expert_switch_ms_fused",
 )
-#: The checks gpu_check.sh runs, in order.
+#: The checks gpu_check.sh runs, in order (most wanted first: a run out of time skips the last).
 CHECKS: tuple[str, ...] = (
     "build",
     "unet_bf16",
     "train_step",
     "images",
     "batch_invariance",
+    "train_compiled",
     "unet_compile",
     "serve_switch",
+    "images_channels_last",
+    "images_fuse_qkv",
+    "serve_switch_fused",
     "serve_http",
 )
 
@@ -159,6 +180,11 @@ def check_results(out_dir: Path, checks: dict[str, dict[str, Any]]) -> dict[str,
     return results
 
 
+def _batched_rate(images: dict[str, Any] | None) -> float | None:
+    """The steady batched rate of a ``benchmarks/images.py`` result."""
+    return _number(_get(images, "columns", "core batched", "steady_ips"))
+
+
 def default_mode() -> str:
     """``batched`` or ``exact``: how the GPU presets (``sd15``) draw images."""
     from selma_ray.config import ImagesConfig, preset_dict
@@ -168,23 +194,31 @@ def default_mode() -> str:
 
 
 def train_flops(
-    train: dict[str, Any] | None, unet: dict[str, Any] | None
+    rung: dict[str, Any] | None, unet: dict[str, Any] | None
 ) -> tuple[float | None, str | None, int]:
-    """(FLOP per training sample, where F came from, multiplier): F x (2 + checkpointing)."""
-    if not train:
+    """(FLOP per training sample, where F came from, multiplier): F x (2 + checkpointing),
+    for one measured configuration (a rung of ``train_step.py``'s JSON)."""
+    if not rung:
         return None, None, 3
-    multiplier = 2 + bool(train.get("gradient_checkpointing"))
+    multiplier = 2 + bool(rung.get("gradient_checkpointing"))
     same_unet = (
         unet is not None
-        and unet.get("latent_size") == train.get("latent_size")
-        and unet.get("params") == train.get("unet_params")
+        and unet.get("latent_size") == rung.get("latent_size")
+        and unet.get("params") == rung.get("unet_params")
     )
     if same_unet and _number(unet.get("flop_per_sample")):
         return unet["flop_per_sample"] * multiplier, "gpu_unet", multiplier
-    forward = _number(train.get("forward_flop_per_sample"))
+    forward = _number(rung.get("forward_flop_per_sample"))
     if forward:
         return forward * multiplier, "train_step", multiplier
     return None, None, multiplier
+
+
+def train_rungs(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The measured training configurations: the ladder's rungs, then the compiled step."""
+    rungs = list(_get(res.get("train_step"), "rungs") or [])
+    compiled = _get(res.get("train_compiled"), "rungs") or []
+    return [*rungs, *({**r, "rung": "compiled"} for r in compiled)]
 
 
 def summarize(out_dir: Path, peak_override: float | None = None) -> dict[str, Any]:
@@ -206,9 +240,28 @@ def summarize(out_dir: Path, peak_override: float | None = None) -> dict[str, An
     batched = _number(_get(images, "core batched", "steady_ips"))
     mode = default_mode()
     invariance = res.get("batch_invariance")
-    train, unet = res.get("train_step"), res.get("unet_bf16")
-    train_rate = _number(_get(train, "samples_per_s"))
-    flop, flop_source, multiplier = train_flops(train, unet)
+    unet = res.get("unet_bf16")
+    rungs = train_rungs(res)
+    ladder = []
+    for r in rungs:
+        flop, flop_source, multiplier = train_flops(r, unet)
+        rate = _number(r.get("samples_per_s")) if "error" not in r else None
+        ladder.append({
+            "rung": r.get("rung"),
+            "micro_batch": r.get("batch_size"),
+            "gradient_accumulation": r.get("gradient_accumulation"),
+            "samples_per_s": rate,
+            "mfu": mfu(rate, flop),
+            "mfu_executed": mfu(rate, _number(r.get("step_flop_per_sample"))),
+            "flop_per_sample": flop,
+            "flop_formula": f"forward x {multiplier}, forward from {flop_source}" if flop else None,
+            "peak_gib": _number(r.get("peak_gib")),
+            "mean_loss": _number(r.get("mean_loss")),
+            "error": r.get("error"),
+        })  # fmt: skip
+    measured = [x for x in ladder if x["samples_per_s"] is not None]
+    best = max(measured, key=lambda x: x["samples_per_s"]) if measured else {}
+    before = ladder[0] if ladder and ladder[0]["rung"] == "before" else {}
     direct_p50 = _number(_get(res.get("serve_switch"), "direct", "same_variant", "p50_ms"))
     serve_p50 = _number(_get(res.get("serve_http"), "serve", "same_variant", "p50_ms"))
     switch = res.get("serve_switch")
@@ -231,15 +284,19 @@ def summarize(out_dir: Path, peak_override: float | None = None) -> dict[str, An
         "images_per_s_exact": exact,
         "images_per_s_batched": batched,
         "images_batched_vs_exact": batched / exact if batched and exact else None,
+        "images_per_s_batched_channels_last": _batched_rate(res.get("images_channels_last")),
+        "images_per_s_batched_fuse_qkv": _batched_rate(res.get("images_fuse_qkv")),
         "batched_bytes_identical": _get(invariance, "task_splits_all_identical"),
         "batched_bytes_identical_count": _get(invariance, "task_splits_identical"),
-        "train_samples_per_s": train_rate,
-        "train_flop_per_sample": flop,
-        "train_flop_formula": f"forward x {multiplier}, forward from {flop_source}"
-        if flop
-        else None,
-        "train_mfu": mfu(train_rate, flop),
-        "train_mfu_executed": mfu(train_rate, _number(_get(train, "step_flop_per_sample"))),
+        "train_samples_per_s": best.get("samples_per_s"),
+        "train_best": best.get("rung"),
+        "train_flop_per_sample": best.get("flop_per_sample"),
+        "train_flop_formula": best.get("flop_formula"),
+        "train_mfu": best.get("mfu"),
+        "train_mfu_executed": best.get("mfu_executed"),
+        "train_samples_per_s_before": before.get("samples_per_s"),
+        "train_mfu_before": before.get("mfu"),
+        "train_ladder": ladder,
         "unet_mfu_eager": _number(_get(unet, "mfu")),
         "unet_mfu_compiled": _number(_get(res.get("unet_compile"), "mfu")),
         "unet_compile_backend": _get(res.get("unet_compile"), "compile_backend"),
@@ -251,6 +308,9 @@ def summarize(out_dir: Path, peak_override: float | None = None) -> dict[str, An
         ),
         "expert_switch_ms_set_adapters": _number(
             _get(switch, "direct", "alternating", "set_adapters_ms")
+        ),
+        "expert_switch_ms_fused": _number(
+            _get(res.get("serve_switch_fused"), "direct_hotswap", "alternating", "set_adapters_ms")
         ),
     }
     return summary
