@@ -538,11 +538,15 @@ def test_burst_is_bounded_and_server_recovers(server):
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= 1 and codes.count(503) >= 1, codes
+    # a refusal never waits for the queue to drain: while a request is refused the queue is
+    # full, so some accepted request finishes after it (a wall-clock bound instead fails on a
+    # busy 2-core box, where the proxy itself waits for a core)
+    last_accepted = max(s for c, s, _ in results if c == 200)
     for code, seconds, body in results:
         if code == 503:
             # ours is JSON; past the ingress's own limit Serve's proxy answers in plain text
             assert body.get("error", {}).get("code") == "overloaded" or "text" in body
-            assert seconds < 10  # rejected quickly, not after queueing
+            assert seconds < last_accepted, (seconds, last_accepted)
     assert elapsed < 90
     assert httpx.get(f"{server['url']}/healthz").status_code == 200
     assert _generate(server, "merged", seed=99)
