@@ -853,7 +853,6 @@ def _train(trainer: _Trainer, reporter: Reporter) -> None:
     """Optimizer steps up to ``max_steps``; every ``checkpoint_every`` (and the last) step,
     validate and report (:func:`_checkpoint_step`)."""
     cfg = trainer.cfg
-    interval_losses: list[float] = []
     interval_start = time.perf_counter()
     train_start = time.perf_counter()
     # wall-clock bounds of this process's training steps: comparable across workers and nodes
@@ -865,12 +864,11 @@ def _train(trainer: _Trainer, reporter: Reporter) -> None:
         steps_run += 1
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.max_steps:
             first = trainer.step - len(pending) + 1
-            interval_losses = torch.stack(pending).cpu().tolist()  # waits for the steps
+            losses = torch.stack(pending).cpu().tolist()  # waits for the steps
             pending = []
-            trainer.train_curve.extend([first + i, loss] for i, loss in enumerate(interval_losses))
+            trainer.train_curve.extend([first + i, loss] for i, loss in enumerate(losses))
             elapsed = time.perf_counter() - interval_start
-            _checkpoint_step(trainer, reporter, interval_losses, elapsed)
-            interval_losses = []
+            _checkpoint_step(trainer, reporter, losses, elapsed)
             interval_start = time.perf_counter()
     trainer.timings["train_s"] = time.perf_counter() - train_start
     trainer.timings["train_finished_at"] = time.time()
