@@ -377,7 +377,9 @@ def server(ray_module, served_run_dir):
                 "max_queued_requests": 4,
                 "max_size": 256,
                 "max_steps": 20,
-                "request_timeout_s": 60,
+                # the burst below queues its accepted requests behind one pipeline lock: on a
+                # slow 2-core CI box each took 7.8 s and the ninth passed 60 s (a 504)
+                "request_timeout_s": 240,
                 "pool": {"cpus": 1},
             },
             "torch_threads": 1,
@@ -561,7 +563,7 @@ def test_app_answers_a_full_queue_with_its_own_json_503_then_recovers(server):
     import httpx
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=180) as client:
+        async with httpx.AsyncClient(timeout=300) as client:
             body = {"prompt": "a slow one", "model": "base", "num_inference_steps": 20}
             return await asyncio.gather(
                 *(
