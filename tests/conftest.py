@@ -6,6 +6,20 @@ import os
 
 import pytest
 
+#: The Llama 3.1 stand-in trains for minutes on one core (``selma_ray/models/llm_standin.py``).
+#: A session that uses it starts its build at once, in a background process at low priority
+#: (:func:`_prebuild_llm_standin`), so that it runs on the cores the other tests leave idle;
+#: the registry's build lock makes its users wait for that build instead of repeating it, and
+#: they run last.
+LLM_STANDIN = "tiny:llama31-instruct"
+
+
+def _uses_llm_standin(item) -> bool:
+    """The ``standin`` fixture's tests and the preset rehearsals (their LLM is the stand-in)."""
+    return "standin" in getattr(item, "fixturenames", ()) or (
+        item.get_closest_marker("rehearsal") is not None
+    )
+
 
 def pytest_collection_modifyitems(config, items):
     try:
@@ -18,6 +32,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
+    # stable: each group keeps its order
+    items[:] = sorted(items, key=_uses_llm_standin)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,6 +49,32 @@ def _offline_cache(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prebuild_llm_standin(request, _offline_cache):
+    """Start building :data:`LLM_STANDIN` into the session's cache in a background process
+    (``nice`` 10, its log in the cache directory) when a selected test will use it; a build
+    that fails leaves the model missing, so its first user builds it and fails with the cause.
+    The process is stopped at the end of the session if it is still running."""
+    import subprocess
+    import sys
+
+    if not any(_uses_llm_standin(item) for item in request.session.items):
+        yield None
+        return
+    code = f"from selma_ray.models import resolve_model; print(resolve_model({LLM_STANDIN!r}))"
+    with open(_offline_cache / "prebuild-llm-standin.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.nice(10)) if hasattr(os, "nice") else None,
+        )
+        yield proc
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

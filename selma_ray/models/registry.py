@@ -7,10 +7,14 @@ Callers then use the very same ``from_pretrained`` code for both. The same-archi
 stand-ins of real models (``tiny:sd15``, ``tiny:sdxl``, ...) are built by
 :mod:`selma_ray.models.standins`.
 
-Builds are safe across threads and processes: each one is written into a temporary directory
-next to the target, finished with a ``.complete`` marker, and moved into place with one
-``os.rename``; whoever loses the race discards its copy. A directory without the marker is
-never returned. No Ray here.
+Each model is built once per cache directory: a thread lock in the process and a file lock
+beside the cache (``<cache>/.locks/``, :func:`build_lock_path`) make every other thread and
+process that asks for it meanwhile wait for the build in progress instead of repeating it (the
+Llama 3.1 stand-in trains for minutes). Builds stay safe where a file lock does not hold (some
+shared filesystems): each one is written into a temporary directory next to the target,
+finished with a ``.complete`` marker, and moved into place with one ``os.rename``; whoever
+loses the race discards its copy. A directory without the marker is never returned. No Ray
+here.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "TINY_KINDS",
     "TINY_PREFIX",
+    "build_lock_path",
     "default_cache_dir",
     "is_tiny_ref",
     "resolve_model",
@@ -104,6 +109,12 @@ def tiny_model_dir(kind: str, seed: int, cache_dir: str | os.PathLike[str]) -> P
     return Path(cache_dir) / "tiny" / f"{kind}-seed{seed}-v{tiny.FORMAT_VERSION}"
 
 
+def build_lock_path(kind: str, seed: int, cache_dir: str | os.PathLike[str]) -> Path:
+    """The file lock held while ``kind`` with ``seed`` is built into ``cache_dir``: outside
+    ``tiny/``, so that folder holds model directories only."""
+    return Path(cache_dir) / ".locks" / f"{tiny_model_dir(kind, seed, cache_dir).name}.lock"
+
+
 def _is_complete(path: Path) -> bool:
     return (path / COMPLETE_MARKER).is_file()
 
@@ -150,15 +161,25 @@ def resolve_model(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> 
 
     Real hub ids and local paths are returned unchanged. ``tiny:sd`` / ``tiny:llm`` (with an
     optional ``@SEED``, default 0) resolve to ``<cache>/tiny/<kind>-seed<seed>-v<FORMAT>``,
-    which is built on first use. Unknown ``tiny:`` kinds raise :class:`ValueError`.
+    which is built on first use; a build in progress in another thread or process of this
+    machine is waited for, not repeated. Unknown ``tiny:`` kinds raise :class:`ValueError`.
     """
     if not is_tiny_ref(ref):
         return ref
+    from filelock import FileLock
+
     kind, seed = _parse(ref)
-    target = tiny_model_dir(kind, seed, cache_dir if cache_dir is not None else default_cache_dir())
+    cache = cache_dir if cache_dir is not None else default_cache_dir()
+    target = tiny_model_dir(kind, seed, cache)
     if _is_complete(target):
         return str(target)
     with _lock_for(target):
-        if not _is_complete(target):
-            _build(kind, seed, target)
+        if _is_complete(target):
+            return str(target)
+        lock_path = build_lock_path(kind, seed, cache)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        # released by the OS if its holder dies, so a killed build never blocks the next
+        with FileLock(lock_path):
+            if not _is_complete(target):
+                _build(kind, seed, target)
     return str(target)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -327,6 +328,49 @@ def test_resolve_concurrent_processes(tmp_path: Path) -> None:
     assert paths == {str(tiny_model_dir("llm", 7, tmp_path))}
     assert [p.name for p in (tmp_path / "tiny").iterdir()] == [f"llm-seed7-v{FORMAT_VERSION}"]
     assert _weight_hashes(paths.pop()) == _weight_hashes(make_tiny_llm(tmp_path / "d", seed=7))
+
+
+def test_a_build_in_progress_in_another_process_is_waited_for_not_repeated(tmp_path: Path) -> None:
+    """While this process holds the build lock (a build in progress), another process asking
+    for the model waits without starting its own build, then returns the finished one."""
+    from filelock import FileLock
+
+    code = (
+        "import sys\n"
+        "from selma_ray.models import registry\n"
+        "build = registry._BUILDERS['llm']\n"
+        "def counted(path, seed=0):\n"
+        "    print('BUILT', flush=True)\n"
+        "    return build(path, seed=seed)\n"
+        "registry._BUILDERS['llm'] = counted\n"
+        "print('ASKING', flush=True)\n"
+        "print('PATH ' + registry.resolve_model('tiny:llm@9', cache_dir=sys.argv[1]))\n"
+    )
+    target = tiny_model_dir("llm", 9, tmp_path)
+    lock = registry.build_lock_path("llm", 9, tmp_path)
+    lock.parent.mkdir(parents=True)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    with FileLock(lock):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        # the other process asks for the model and waits: still running seconds later (its
+        # own build takes about one), no temp build directory beside the target
+        assert proc.stdout.readline() == "ASKING\n", proc.communicate()
+        time.sleep(5)
+        assert proc.poll() is None, proc.communicate()
+        assert not (tmp_path / "tiny").exists() or not any((tmp_path / "tiny").iterdir())
+        # "our" build finishes while the lock is held, as the holder's would
+        registry._build("llm", 9, target)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "BUILT" not in out
+    assert f"PATH {target}" in out
+    assert [p.name for p in (tmp_path / "tiny").iterdir()] == [target.name]
 
 
 def test_resolve_loses_race_to_another_process(
