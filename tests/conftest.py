@@ -8,9 +8,9 @@ import pytest
 
 #: The Llama 3.1 stand-in trains for minutes on one core (``selma_ray/models/llm_standin.py``).
 #: A session that uses it starts its build at once, in a background process at low priority
-#: (:func:`_prebuild_llm_standin`), so that it runs on the cores the other tests leave idle;
-#: the registry's build lock makes its users wait for that build instead of repeating it, and
-#: they run last.
+#: (:func:`_prebuild_llm_standin`), so that it runs on the cores the other tests leave idle
+#: before its first user (``tests/models/``); the registry's build lock makes its users wait for
+#: that build instead of repeating it. A test that times itself pauses it (no_background_build).
 LLM_STANDIN = "tiny:llama31-instruct"
 
 
@@ -32,8 +32,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
-    # stable: each group keeps its order
-    items[:] = sorted(items, key=_uses_llm_standin)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,6 +73,23 @@ def _prebuild_llm_standin(request, _offline_cache):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def no_background_build(_prebuild_llm_standin):
+    """For a test that compares its own timings: the background build is paused (SIGSTOP)
+    while it runs, then continued."""
+    import signal
+
+    proc = _prebuild_llm_standin
+    paused = proc is not None and proc.poll() is None and hasattr(signal, "SIGSTOP")
+    if paused:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if paused and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

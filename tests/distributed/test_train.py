@@ -39,7 +39,7 @@ def _train_interval(rd: RunDir, skill: str) -> tuple[float, float]:
     return timings["train_started_at"], timings["train_finished_at"]
 
 
-def test_experts_train_concurrently(ray_cluster, tiny_models, tmp_path):
+def test_experts_train_concurrently(ray_cluster, tiny_models, tmp_path, no_background_build):
     """Two experts, one CPU each on a 2-CPU Ray: their training intervals (each worker's own
     wall-clock timestamps) overlap, and the makespan is well below the sum of solo times."""
     from selma_ray.distributed import RayExecutor
