@@ -90,6 +90,21 @@ def test_parser_reads_dsg1k_items_back_exactly(item_id):
     assert format_answer(parsed.questions) == text
 
 
+def test_parser_accepts_every_dsg1k_tuple_and_splits_it_as_annotated():
+    """The tuple grammar (no parenthesis or '|' inside a part) holds for all of DSG-1k."""
+    rows = [r for item in CSV.values() for r in item["rows"]]
+    assert len(rows) > 8000
+    for r in rows:
+        text = f"Tuples:\n1 | {r['tuple']}\nDependencies:\n1 | 0\nQuestions:\n1 | Is it?"
+        parsed = parse_answer(text)
+        assert parsed.dropped is None, r["tuple"]
+        q = parsed.questions[0]
+        head, args = " ".join(r["tuple"].split()).split(" (", 1)
+        broad, detail = head.split(" - ", 1)
+        assert (q.category_broad, q.category_detailed) == (broad.lower(), detail)
+        assert q.tuple.endswith(f"({args.rstrip(') ')})")
+
+
 def test_parser_reads_a_completion_engines_answer_and_ignores_chatter():
     """A completion engine continues the prompt's '1 |' and puts '1.' back in front; chatter
     before and after, bold headers and a next item the model went on to write are ignored."""
@@ -132,6 +147,15 @@ MALFORMED = {
         "bad_tuple",
     ),
     "tuple_without_arguments": (_sub("entity - whole (ground)", "entity - whole"), "bad_tuple"),
+    # two tuples run together on one line (seen from the vLLM stand-in in CI)
+    "tuples_run_together": (
+        _sub("entity - whole (ground)", "attribute - state (ground, ==3 | entity - whole (ground)"),
+        "bad_tuple",
+    ),
+    "parenthesis_inside_the_arguments": (
+        _sub("entity - whole (ground)", "entity - whole (ground (wet))"),
+        "bad_tuple",
+    ),
     "fewer_dependencies_than_tuples": (_sub("5 | 1,4\n", ""), "dependency_count_mismatch"),
     "dependency_on_a_later_unknown_id": (_sub("5 | 1,4", "5 | 1,9"), "bad_dependency"),
     "dependency_not_a_number": (_sub("5 | 1,4", "5 | 1, ground"), "bad_dependency"),

@@ -58,7 +58,10 @@ _TEXT = re.compile(r"^[\s*_]*(?:text|prompt|input)[\s*_]*:", re.IGNORECASE)
 _BULLET = re.compile(r"^\s*[-*\u2022]\s+")
 _PIPE_LINE = re.compile(r"^\s*([^|\s]+)\s*\|\s*(.*)$")
 _DOT_LINE = re.compile(r"^\s*(\d+)\.\s*(.*)$")
-_TUPLE = re.compile(r"^([A-Za-z]+)\s+-\s+(.+?)\s*\((.+)\)$")
+#: "<category> - <detail> (<args>)": no parenthesis or "|" in the detail or the arguments (none of
+#: DSG-1k's 8,182 tuples has one), so a line where the model ran two tuples together is dropped
+#: rather than split at a guess.
+_TUPLE = re.compile(r"^([A-Za-z]+)\s+-\s+([^()|]+?)\s*\(([^()|]+)\)$")
 _POSITIVE_INT = re.compile(r"^[1-9]\d*$")
 
 
