@@ -453,6 +453,19 @@ class TrainConfig(Section):
     )
     use_gpu: bool = Field(False, json_schema_extra=RUNTIME)
     cpus_per_worker: float = Field(1.0, ge=0, json_schema_extra=RUNTIME)
+    ray_train_env: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Ray Train's own settings (RAY_TRAIN_* environment variables) for every expert's "
+            "run, set in the driver while the experts train (Ray Train passes them on to each "
+            "controller and its workers); they win over the driver's environment. E.g. "
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (how often a controller polls its workers, Ray's "
+            "default 2 s) or RAY_TRAIN_ENABLE_PREEMPTION_WATCHER ('0': no watcher actor logging "
+            "node drains). The tiny preset and rehearsals, whose experts take seconds of a CPU, "
+            "poll every 0.5 s and start no watcher: each actor is a Python process to start."
+        ),
+        json_schema_extra=RUNTIME,
+    )
     storage_path: str | None = Field(
         None,
         description=(
@@ -460,6 +473,15 @@ class TrainConfig(Section):
         ),
         json_schema_extra=RUNTIME,
     )
+
+    @field_validator("ray_train_env")
+    @classmethod
+    def _ray_train_names(cls, env: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in env if not k.startswith("RAY_TRAIN_"))
+        if bad:
+            msg = f"{bad}: only Ray Train's RAY_TRAIN_* variables belong here"
+            raise ValueError(msg)
+        return env
 
     @model_validator(mode="after")
     def _cache_pool_gpus(self) -> TrainConfig:

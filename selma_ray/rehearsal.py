@@ -64,6 +64,10 @@ SHRINK: dict[str, tuple[str, Any]] = {
     "train.use_gpu": ("set", False),
     "train.num_workers": ("set", 1),
     "train.cpus_per_worker": ("set", 1.0),
+    "train.ray_train_env": (
+        "set",
+        {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"},
+    ),
     "train.cache_pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),
     "eval.max_items": ("max", 3),
     "eval.pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),

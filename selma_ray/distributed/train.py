@@ -15,7 +15,10 @@ onto Ray Train (checkpoints in, metrics and checkpoints out).
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from selma_ray.config import TrainConfig
@@ -86,6 +89,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
 
+@contextmanager
+def _driver_env(env: dict[str, str]) -> Iterator[None]:
+    """``env`` in this process's environment while the trainers are created (Ray Train hands
+    the driver's RAY_TRAIN_* values to each controller and its workers), then as before."""
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def checkpoints_uri(job: ExpertJob) -> str:
     """Where Ray Train writes this expert's checkpoint folders (a URI fsspec reads)."""
     return f"{job.storage_path.rstrip('/')}/{train_run_name(job.skill)}"
@@ -147,7 +166,11 @@ def train_experts(jobs: list[ExpertJob], *, cpu_fallback: bool = False) -> dict[
 
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
-    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="expert") as pool:
+    env = {k: v for job in jobs for k, v in job.train.ray_train_env.items()}  # one stage's
+    with (
+        _driver_env(env),
+        ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="expert") as pool,
+    ):
         futures = {job.skill: pool.submit(fit, job) for job in jobs}
         for skill, future in futures.items():
             try:

@@ -219,3 +219,54 @@ def test_stage_encodes_the_caches_on_ray_data_before_training(ray_cluster, tiny_
         assert meta["cache"]["built"] is False  # the trainer read the Ray Data-built cache
     assert "'countbench'" in summary["countbench"]["error"]
     assert not run_dir.exists("experts", "countbench")
+
+
+POLL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+
+@pytest.mark.parametrize(("configured", "environment", "seen"), [
+    ({POLL: "0.5"}, None, "0.5"),  # the config's value...
+    ({POLL: "0.5"}, "3.0", "0.5"),  # ... over the driver's
+    ({}, "3.0", "3.0"),  # none configured: the environment's (or Ray's default)
+    ({}, None, None),
+])  # fmt: skip
+def test_ray_train_env_is_the_environment_each_trainer_starts_from_then_restored(
+    run_dir, monkeypatch, configured, environment, seen
+):
+    """Ray Train hands the driver's RAY_TRAIN_* variables to each controller when ``fit``
+    creates it; ``train.ray_train_env`` sets them for exactly that long."""
+    import os
+
+    from selma_ray.distributed import train
+    from selma_ray.training.stage import expert_jobs
+
+    if environment is None:
+        monkeypatch.delenv(POLL, raising=False)
+    else:
+        monkeypatch.setenv(POLL, environment)
+    at_fit: dict[str, str | None] = {}
+
+    class Trainer:
+        def __init__(self, job):
+            self.job = job
+
+        def fit(self):
+            at_fit[self.job.skill] = os.environ.get(POLL)
+            return "result"
+
+    monkeypatch.setattr(train, "make_trainer", lambda job, **_: Trainer(job))
+    cfg = _cfg()
+    cfg = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"ray_train_env": configured})}
+    )
+    results = train.train_experts(expert_jobs(cfg, run_dir, ["coco", "whoops"]))
+    assert results == {"coco": "result", "whoops": "result"}
+    assert at_fit == {"coco": seen, "whoops": seen}
+    assert os.environ.get(POLL) == environment
+
+
+def test_ray_train_env_takes_only_ray_trains_variables():
+    from selma_ray.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.ray_train_env.*'CUDA_VISIBLE_DEVICES'"):
+        _cfg("train.ray_train_env={CUDA_VISIBLE_DEVICES: '0'}")
