@@ -8,8 +8,6 @@ from selma_ray.config import load_config
 from selma_ray.storage import RunDir
 from selma_ray.training.data import write_synthetic_skill
 
-pytestmark = pytest.mark.slow
-
 
 def _cfg(*extra):
     return load_config(
@@ -39,6 +37,7 @@ def _train_interval(rd: RunDir, skill: str) -> tuple[float, float]:
     return timings["train_started_at"], timings["train_finished_at"]
 
 
+@pytest.mark.slow
 def test_experts_train_concurrently(ray_cluster, tiny_models, tmp_path, no_background_build):
     """Two experts, one CPU each on a 2-CPU Ray: their training intervals (each worker's own
     wall-clock timestamps) overlap, and the makespan is well below the sum of solo times."""
@@ -70,6 +69,7 @@ def test_experts_train_concurrently(ray_cluster, tiny_models, tmp_path, no_backg
     assert makespan <= 0.75 * sum(solo.values()), (makespan, solo)
 
 
+@pytest.mark.slow
 def test_rerun_with_more_steps_resumes_each_expert_from_its_checkpoint(
     ray_cluster, tiny_models, run_dir
 ):
@@ -121,6 +121,7 @@ def _alive_train_workers() -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_training_worker_killed_mid_run_resumes_and_matches_undisturbed(
     ray_cluster, tiny_models, tmp_path
 ):
@@ -187,6 +188,7 @@ def test_training_worker_killed_mid_run_resumes_and_matches_undisturbed(
     assert meta["train_loss"] == calm.read_json("experts", "coco", "expert.json")["train_loss"]
 
 
+@pytest.mark.slow
 def test_ray_refuses_a_memory_run_dir_for_training():
     from selma_ray.distributed import RayExecutor
     from selma_ray.training.stage import expert_jobs
@@ -196,6 +198,7 @@ def test_ray_refuses_a_memory_run_dir_for_training():
         RayExecutor().train_experts(jobs)
 
 
+@pytest.mark.slow
 def test_stage_encodes_the_caches_on_ray_data_before_training(ray_cluster, tiny_models, run_dir):
     from selma_ray.distributed import RayExecutor
     from selma_ray.training.stage import run_experts_stage
