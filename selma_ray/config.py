@@ -474,14 +474,17 @@ class TrainConfig(Section):
         json_schema_extra=RUNTIME,
     )
 
-    @field_validator("ray_train_env")
+    @field_validator("ray_train_env", mode="before")
     @classmethod
-    def _ray_train_names(cls, env: dict[str, str]) -> dict[str, str]:
-        bad = sorted(k for k in env if not k.startswith("RAY_TRAIN_"))
+    def _ray_train_names(cls, env: Any) -> Any:
+        if not isinstance(env, dict):
+            return env
+        bad = sorted(str(k) for k in env if not str(k).startswith("RAY_TRAIN_"))
         if bad:
             msg = f"{bad}: only Ray Train's RAY_TRAIN_* variables belong here"
             raise ValueError(msg)
-        return env
+        # environment values are strings: YAML's 0.5 / false as Ray reads them ("0.5", "0")
+        return {k: str(int(v)) if isinstance(v, bool) else str(v) for k, v in env.items()}
 
     @model_validator(mode="after")
     def _cache_pool_gpus(self) -> TrainConfig:

@@ -268,8 +268,17 @@ def test_ray_train_env_is_the_environment_each_trainer_starts_from_then_restored
     assert os.environ.get(POLL) == environment
 
 
-def test_ray_train_env_takes_only_ray_trains_variables():
+def test_ray_train_env_takes_only_ray_trains_variables_as_strings():
     from selma_ray.config import ConfigError
+
+    cfg = _cfg(
+        "train.ray_train_env.RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=1",
+        "train.ray_train_env.RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=true",
+    )  # YAML's 1 and true, as Ray reads them back from the environment
+    assert cfg.train.ray_train_env == {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1",
+    }
 
     with pytest.raises(ConfigError, match=r"train\.ray_train_env.*'CUDA_VISIBLE_DEVICES'"):
         _cfg("train.ray_train_env={CUDA_VISIBLE_DEVICES: '0'}")
