@@ -166,7 +166,8 @@ def train_experts(jobs: list[ExpertJob], *, cpu_fallback: bool = False) -> dict[
 
     results: dict[str, Any] = {}
     errors: dict[str, BaseException] = {}
-    env = {k: v for job in jobs for k, v in job.train.ray_train_env.items()}  # one stage's
+    # the jobs are one stage's: they share its train config, so this is that config's mapping
+    env = {k: v for job in jobs for k, v in job.train.ray_train_env.items()}
     with (
         _driver_env(env),
         ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="expert") as pool,
