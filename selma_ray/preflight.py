@@ -29,7 +29,7 @@ from typing import Any
 
 from selma_ray.config import ActorPool, ConfigError, SelmaConfig
 from selma_ray.merging.methods import DENSITY_METHODS, SVD_METHODS
-from selma_ray.models import TINY_KINDS, is_tiny_ref, resolve_model
+from selma_ray.models import MOVED_HUB_IDS, TINY_KINDS, is_tiny_ref, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -283,13 +283,17 @@ def _cached_file(ref: str, filename: str, hf_cache_dir: str | None) -> str | Non
 
 def _check_hub_id(fld: str, ref: str, hf_cache_dir: str | None) -> Findings:
     found = Findings()
+    moved = MOVED_HUB_IDS.get(ref)  # where its weights are since the id left the hub
     if hub_offline():
         if not any(_cached_file(ref, n, hf_cache_dir) for n in _INDEX_FILES):
+            get = moved or ref
             found.errors.append(
                 Problem(
                     fld,
-                    f"{ref!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set",
-                    f"unset HF_HUB_OFFLINE or download it first (huggingface-cli download {ref})",
+                    f"{ref!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+                    + (" (the id has left the hub)" if moved else ""),
+                    (f"set {fld}: {moved}, then " if moved else "")
+                    + f"unset HF_HUB_OFFLINE or download it first (huggingface-cli download {get})",
                 )
             )
         return found
@@ -311,7 +315,9 @@ def _check_hub_id(fld: str, ref: str, hf_cache_dir: str | None) -> Findings:
         found.errors.append(gated)
     except RepositoryNotFoundError:
         found.errors.append(
-            Problem(
+            Problem(fld, f"{ref!r} was taken off the Hugging Face hub", f"set {fld}: {moved}")
+            if moved
+            else Problem(
                 fld,
                 f"no model {ref!r} on the Hugging Face hub (or it is private)",
                 "fix the id, or set HF_TOKEN for a private repo",

