@@ -35,10 +35,12 @@ def check_gpus_visible(who: str, fld: str, gpus: float, *, cpu_fallback: bool) -
         return True
     import ray
 
-    try:
-        ids = [str(i) for i in ray.get_gpu_ids()]
-    except Exception:  # noqa: BLE001 - outside a Ray worker: say what the environment says
-        ids = []
+    ids: list[str] = []
+    if ray.is_initialized():  # asked outside Ray, ray.get_gpu_ids() would start a local Ray
+        try:
+            ids = [str(i) for i in ray.get_gpu_ids()]
+        except Exception:  # noqa: BLE001 - e.g. a Ray Client: say what the environment says
+            ids = []
     why = (
         f"this torch ({torch.__version__}) is built without CUDA"
         if torch.version.cuda is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -32,6 +34,20 @@ def test_training_worker_given_a_gpu_without_cuda_names_the_field_and_fixes():
         "install a CUDA build of torch on the GPU nodes, or set train.use_gpu: false to run on "
         "CPUs, or allow running on the CPU with ray.cpu_fallback: true"
     )
+
+
+def test_the_check_outside_ray_starts_no_ray():
+    """Asked in a process without Ray (the in-process executor), the message is written
+    without ``ray.get_gpu_ids()``, which would start a local Ray to answer."""
+    code = (
+        "import ray\n"
+        "from selma_ray.distributed.devices import check_gpus_visible\n"
+        "check_gpus_visible('x', 'images.pool.gpus', 1, cpu_fallback=True)\n"
+        "print('ray started:', ray.is_initialized())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ray started: False"
 
 
 def test_cpu_fallback_warns_and_goes_on(caplog):
