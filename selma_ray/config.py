@@ -48,6 +48,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: Ray's built-in resources -> what to do instead of naming them in ``resources``.
+_BUILTIN_RESOURCES = {
+    "CPU": "use cpus",
+    "GPU": "use gpus",
+    "memory": "pools reserve no memory: leave it out",
+    "object_store_memory": "pools reserve no memory: leave it out",
+}
+
+
 class ActorPool(Section):
     """One shape for every pool of actors: LLM engines, image actors, cache encoders, eval
     scorers and Serve replicas. Sizes autoscale between ``min_size`` and ``max_size``."""
@@ -64,6 +73,14 @@ class ActorPool(Section):
     max_task_retries: int = Field(
         3, ge=-1, description="Retries of a task whose actor died (-1 = unlimited)."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "Custom Ray resources reserved per actor, e.g. {llm_node: 1} to place vLLM engines "
+            "only on nodes started with that resource (cluster.yaml's llm_worker); CPUs and "
+            "GPUs go in cpus / gpus."
+        ),
+    )
 
     #: Where this pool sits in the config (``images.pool``), for messages from its actors;
     #: set by :class:`SelmaConfig`.
@@ -72,6 +89,24 @@ class ActorPool(Section):
     @property
     def field(self) -> str:
         return self._field
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name in _BUILTIN_RESOURCES:
+                msg = f"{name!r} is not a custom resource; {_BUILTIN_RESOURCES[name]}"
+                raise ValueError(msg)
+            if not name or name.startswith("node:"):
+                msg = f"{name!r} is not a resource name to ask for"
+                raise ValueError(msg)
+            if amount <= 0 or (amount > 1 and not float(amount).is_integer()):
+                msg = (
+                    f"{name}: {amount} is not an amount Ray can reserve (a fraction up to 1, "
+                    "or a whole number)"
+                )
+                raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _bounds(self) -> ActorPool:
@@ -85,7 +120,7 @@ def _pool(**defaults: Any) -> Any:
     """A pool field (runtime: never part of a stage's fingerprint)."""
     return Field(
         default_factory=lambda: ActorPool(**defaults),
-        description="The actor pool (sizes, GPUs, CPUs, restarts, retries).",
+        description="The actor pool (sizes, GPUs, CPUs, custom resources, restarts, retries).",
         json_schema_extra=RUNTIME,
     )
 

@@ -82,7 +82,8 @@ class Findings:
 
 @dataclass(frozen=True)
 class ClusterOffer:
-    """What a cluster can offer: per node its CPU / GPU count, and whether it can add nodes.
+    """What a cluster can offer: per node its resources (CPU, GPU and custom ones such as
+    ``llm_node``), and whether it can add nodes.
 
     ``nodes``: the nodes there are (for a cluster that can grow, the node types it can add may
     be listed too). ``where`` names the cluster in messages, e.g. ``local Ray, cannot grow``.
@@ -636,7 +637,7 @@ class _Ask:
 
 
 def _pool_ask(fld: str, who: str, pool: ActorPool, at_once: int | None = None) -> _Ask:
-    need = {"CPU": 1.0 if pool.cpus is None else pool.cpus, "GPU": pool.gpus}
+    need = {"CPU": 1.0 if pool.cpus is None else pool.cpus, "GPU": pool.gpus, **pool.resources}
     n = max(1, pool.min_size) if at_once is None else at_once
     return _Ask(fld, who, need, n, f"{fld}.gpus", f"{fld}.cpus", f"{fld}.min_size")
 
@@ -710,6 +711,26 @@ def check_resources(cfg: SelmaConfig, stages: Collection[str], cluster: ClusterO
                     fix,
                 )
             )
+        for name, amount in ask.need.items():
+            if name in ("CPU", "GPU"):
+                continue
+            most = max((n.get(name, 0.0) for n in cluster.nodes), default=0.0)
+            if amount > most:
+                has = (
+                    f"no node of this cluster has {name!r}"
+                    if most == 0
+                    else f"the most any node has is {_num(most)}"
+                )
+                problems.append(
+                    Problem(
+                        f"{ask.fld}.resources",
+                        f"each {ask.who} asks for {_num(amount)} {name} but {has} "
+                        f"({cluster.where})",
+                        f'start nodes with it (ray start --resources=\'{{"{name}": '
+                        f"{_num(max(amount, 1))}}}', a node type's resources in cluster.yaml) "
+                        f"or remove {name} from {ask.fld}.resources",
+                    )
+                )
         if not problems and ask.at_once > 1:
             fit = cluster.fits(ask.need)
             if fit < ask.at_once:

@@ -31,6 +31,9 @@ MODEL_FIELDS: tuple[tuple[str, str], ...] = (
 #: Fields mapping a name to a model id (each id replaced): (section path, field).
 MODEL_MAP_FIELDS: tuple[tuple[str, str], ...] = (("eval", "preference_models"),)
 
+#: Every pool of a rehearsal: one actor on the local CPU, no custom resources (``llm_node``).
+_LOCAL_POOL: dict[str, Any] = {"min_size": 1, "max_size": 1, "gpus": 0.0, "resources": {}}
+
 #: Upper bounds (counts, steps, sizes) and fixed values (devices, dtypes) of a rehearsal,
 #: as dotted field -> ("max", n) | ("set", value).
 SHRINK: dict[str, tuple[str, Any]] = {
@@ -43,7 +46,7 @@ SHRINK: dict[str, tuple[str, Any]] = {
     "prompts.vllm.enforce_eager": ("set", True),
     "prompts.vllm.tensor_parallel_size": ("set", 1),
     "prompts.vllm.max_model_len": ("set", None),
-    "prompts.vllm.pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),
+    "prompts.vllm.pool": ("set", _LOCAL_POOL),
     "prompts.transformers.device": ("set", "cpu"),
     "prompts.transformers.dtype": ("set", "float32"),
     "images.images_per_prompt": ("max", 1),
@@ -53,7 +56,7 @@ SHRINK: dict[str, tuple[str, Any]] = {
     "images.compile": ("set", False),
     "images.rows_per_task": ("max", 8),
     "images.images_per_call": ("max", 4),
-    "images.pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),
+    "images.pool": ("set", _LOCAL_POOL),
     "train.rank": ("max", 4),
     "train.batch_size": ("max", 2),
     "train.gradient_accumulation": ("max", 2),
@@ -68,10 +71,10 @@ SHRINK: dict[str, tuple[str, Any]] = {
         "set",
         {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"},
     ),
-    "train.cache_pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),
+    "train.cache_pool": ("set", _LOCAL_POOL),
     "eval.max_items": ("max", 3),
-    "eval.pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),
-    "serve.pool": ("set", {"min_size": 1, "max_size": 1, "gpus": 0.0}),
+    "eval.pool": ("set", _LOCAL_POOL),
+    "serve.pool": ("set", _LOCAL_POOL),
 }
 
 

@@ -100,12 +100,20 @@ def tiny_models(_offline_cache):
     return {"sd": resolve_model("tiny:sd"), "llm": resolve_model("tiny:llm")}
 
 
+#: A custom resource the session's local Ray advertises (2 units), as a cluster's node type
+#: would (cluster.yaml's ``llm_node``).
+TEST_RESOURCE = "selma_test_slot"
+
+
 def _ensure_ray():
     import ray
 
+    if ray.is_initialized() and TEST_RESOURCE not in ray.cluster_resources():
+        ray.shutdown()  # a Ray started by other code (e.g. an auto-init): not the session's
     if not ray.is_initialized():
         ray.init(
             num_cpus=2,
+            resources={TEST_RESOURCE: 2},  # a custom resource for pools to reserve
             object_store_memory=256 * 1024 * 1024,
             include_dashboard=False,
             configure_logging=False,

@@ -367,6 +367,35 @@ def test_training_workers_and_pool_sizes_must_fit_the_cluster():
     assert cluster.fits({"CPU": 3.0, "GPU": 0.0}) == 4  # 2 per node
 
 
+def test_custom_resources_must_be_on_a_node_in_the_amount_asked():
+    """A pool that asks for a resource no node has would wait forever: refused up front."""
+    llm = ClusterOffer(
+        nodes=({"CPU": 48.0, "GPU": 4.0}, {"CPU": 192.0, "GPU": 8.0, "llm_node": 8.0}),
+        can_grow=False,
+        where="c",
+    )
+    asks = ["prompts.engine=vllm", "prompts.vllm.pool.gpus=1"]
+    pinned = [*asks, "prompts.vllm.pool.resources={llm_node: 1}"]
+    eight = _cfg(*pinned, "prompts.vllm.pool.max_size=8", "prompts.vllm.pool.min_size=8")
+    assert not check_resources(eight, ALL, llm).errors
+    # nine engines of one llm_node each: the one node that has them holds eight
+    nine = _cfg(*pinned, "prompts.vllm.pool.max_size=9", "prompts.vllm.pool.min_size=9")
+    (p,) = check_resources(nine, ALL, llm).errors
+    assert (p.field, p.fix) == ("prompts.vllm.pool.min_size", "set prompts.vllm.pool.min_size <= 8")
+    (p,) = check_resources(_cfg(*asks, "prompts.vllm.pool.resources={llm_nod: 1}"), ALL, llm).errors
+    assert p.line() == (
+        "prompts.vllm.pool.resources: each vLLM engine asks for 1 llm_nod but no node of this "
+        "cluster has 'llm_nod' (c); start nodes with it (ray start --resources='{\"llm_nod\": "
+        "1}', a node type's resources in cluster.yaml) or remove llm_nod from "
+        "prompts.vllm.pool.resources"
+    )
+    (p,) = check_resources(_cfg("images.pool.resources={llm_node: 16}"), ALL, llm).errors
+    assert p.problem == "each image actor asks for 16 llm_node but the most any node has is 8 (c)"
+    grows = ClusterOffer(nodes=({"CPU": 2.0, "GPU": 0.0},), can_grow=True, where="remote")
+    found = check_resources(_cfg("images.pool.resources={llm_node: 1}"), ALL, grows)
+    assert not found.errors and _fields(found.warnings) == ["images.pool.resources"]
+
+
 def test_a_cluster_that_can_grow_only_warns():
     grows = ClusterOffer(nodes=({"CPU": 2.0, "GPU": 0.0},), can_grow=True, where="remote")
     found = check_resources(_cfg("images.pool.gpus=1", "images.pool.cpus=16"), ALL, grows)
@@ -443,10 +472,13 @@ def test_cli_refuses_a_local_run_dir_on_several_hosts_before_writing_it(
 
 def test_cluster_offer_matches_the_session_ray(ray_cluster):
     from selma_ray.distributed.resources import cluster_offer
+    from tests.conftest import TEST_RESOURCE
 
     offer = cluster_offer()
     resources = ray_cluster.cluster_resources()
     assert offer.total == {"CPU": resources["CPU"], "GPU": resources.get("GPU", 0.0)}
+    (node,) = offer.nodes
+    assert node[TEST_RESOURCE] == resources[TEST_RESOURCE] == 2  # custom resources too
     assert offer.max_node == offer.total  # one local node
     assert len(offer.nodes) == len([n for n in ray_cluster.nodes() if n["Alive"]]) == 1
     assert offer.can_grow is False and offer.where == "local Ray, cannot grow"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selma_ray.config import ConfigError, load_config, validate_config
 from selma_ray.rehearsal import MODEL_FIELDS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("preset", ["sd15", "sd2", "sdxl"])
@@ -40,11 +44,25 @@ def test_rehearsal_replaces_every_model_and_keeps_the_presets_choices(preset):
         rehearsal.eval.pool,
         rehearsal.serve.pool,
     ):
-        assert pool.gpus == 0 and pool.max_size == 1
+        assert pool.gpus == 0 and pool.max_size == 1 and pool.resources == {}
     # the LoRA scale alpha / rank survives the smaller rank
     assert rehearsal.train.alpha / rehearsal.train.rank == real.train.alpha / real.train.rank
     shrunk = rehearsal.rehearsal["shrunk"]
     assert shrunk["train.max_steps"] == {"from": real.train.max_steps, "to": 4}
+
+
+@pytest.mark.parametrize("preset", ["sd15", "sd2", "sdxl"])
+def test_rehearsal_of_a_cluster_config_runs_its_pools_on_the_local_cpu(preset):
+    """configs/<preset>.yaml pins vLLM to cluster.yaml's llm_worker nodes (``llm_node``); its
+    rehearsal asks for no resource a laptop lacks, and stage 1 is the preset's own."""
+    path = str(ROOT / "configs" / f"{preset}.yaml")
+    assert load_config(path).prompts.vllm.pool.resources == {"llm_node": 1.0}
+    cfg = load_config(path, overrides=["rehearse=true"])
+    assert cfg.prompts.vllm.pool.resources == {} and cfg.prompts.vllm.pool.gpus == 0
+    shrunk = cfg.rehearsal["shrunk"]["prompts.vllm.pool"]
+    assert (shrunk["from"]["resources"], shrunk["to"]["resources"]) == ({"llm_node": 1.0}, {})
+    same = load_config(preset=preset, overrides=["rehearse=true"])
+    assert cfg.fingerprint(("prompts",)) == same.fingerprint(("prompts",))
 
 
 def test_weak_to_strong_survives_the_rehearsal():
@@ -64,9 +82,7 @@ def test_a_model_without_a_stand_in_is_refused_naming_the_field(tmp_path):
     from selma_ray.cli import main
 
     with pytest.raises(ConfigError, match=r"images\.model: .*'someone/custom-model'"):
-        load_config(
-            preset="sd15", overrides=["rehearse=true", "images.model=someone/custom-model"]
-        )
+        load_config(preset="sd15", overrides=["rehearse=true", "images.model=someone/custom-model"])
     code = main(
         [
             "run", "--preset", "sd15", "--rehearse", "--run-dir", str(tmp_path / "run"),

@@ -39,6 +39,8 @@ def remote_args(pool: ActorPool) -> dict[str, Any]:
         args["num_gpus"] = pool.gpus
     if pool.cpus is not None:
         args["num_cpus"] = pool.cpus
+    if pool.resources:
+        args["resources"] = dict(pool.resources)
     return args
 
 

@@ -38,7 +38,7 @@ STOP_TIMEOUT_S = 60.0
 
 def actor_options(pool: ActorPool) -> dict[str, Any]:
     """Ray actor options of a pool: resources as Ray Data reserves them (1 CPU unless
-    ``cpus`` says otherwise), restarts and task retries."""
+    ``cpus`` says otherwise; custom ``resources``), restarts and task retries."""
     options: dict[str, Any] = {
         "num_cpus": 1 if pool.cpus is None else pool.cpus,
         "max_restarts": pool.max_restarts,
@@ -46,6 +46,8 @@ def actor_options(pool: ActorPool) -> dict[str, Any]:
     }
     if pool.gpus:
         options["num_gpus"] = pool.gpus
+    if pool.resources:
+        options["resources"] = dict(pool.resources)
     return options
 
 

@@ -25,15 +25,16 @@ def _started_here() -> bool:
 
 
 def cluster_offer() -> ClusterOffer | None:
-    """The live nodes' CPUs and GPUs and whether the cluster can grow; None without a Ray
-    session in this process."""
+    """The live nodes' resources (CPUs, GPUs, custom ones) and whether the cluster can grow;
+    None without a Ray session in this process."""
     import ray
 
     if not ray.is_initialized():
         return None
     alive = [n for n in ray.nodes() if n.get("Alive")]
     nodes = tuple(
-        {r: float(n.get("Resources", {}).get(r, 0.0)) for r in ("CPU", "GPU")} for n in alive
+        {"CPU": 0.0, "GPU": 0.0, **{r: float(v) for r, v in n.get("Resources", {}).items()}}
+        for n in alive
     )
     hosts = tuple(str(n.get("NodeManagerAddress", "")) for n in alive)
     if _started_here():

@@ -164,7 +164,11 @@ def deployment_options(cfg: ServeConfig) -> tuple[dict[str, Any], dict[str, Any]
     model: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
         "max_queued_requests": cfg.max_queued_requests,
-        "ray_actor_options": {"num_cpus": cpus, "num_gpus": pool.gpus},
+        "ray_actor_options": {
+            "num_cpus": cpus,
+            "num_gpus": pool.gpus,
+            **({"resources": dict(pool.resources)} if pool.resources else {}),
+        },
     }
     if pool.min_size == pool.max_size:
         model["num_replicas"] = pool.max_size

@@ -16,6 +16,7 @@ import pytest
 
 from selma_ray.config import ActorPool
 from selma_ray.execution import InProcessExecutor
+from tests.conftest import TEST_RESOURCE
 
 
 class Doubler:
@@ -45,6 +46,21 @@ class CannotStart:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return batch
+
+
+class Reserved:
+    """Answers with what Ray reserved for the actor it runs in."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        got = ray.get_runtime_context().get_assigned_resources()
+        n = len(batch["x"])
+        return {
+            "x": batch["x"],
+            "cpu": np.full(n, got.get("CPU", 0.0)),
+            "custom": np.full(n, got.get(TEST_RESOURCE, 0.0)),
+        }
 
 
 def _starts(directory: Path) -> list[str]:
@@ -142,3 +158,19 @@ def test_ray_pool_answers_as_the_in_process_pool(ray_cluster, tmp_path):
     with RayExecutor().open_pool(Doubler, fn_kwargs=kwargs, pool=ActorPool(max_size=2)) as pool:
         got = sorted(r["x"] for r in pool.map(rows, rows_per_task=2))
     assert expected == [2 * i for i in range(7)] == got
+
+
+@pytest.mark.parametrize("kind", ["long-lived pool", "Ray Data map"])
+def test_actors_reserve_the_pools_custom_resources(ray_cluster, kind):
+    """``pool.resources`` (e.g. ``llm_node`` of cluster.yaml's llm_worker) is reserved by every
+    actor of both kinds of pool, beside its CPUs."""
+    from selma_ray.distributed import RayExecutor
+
+    pool = ActorPool(max_size=1, cpus=0.5, resources={TEST_RESOURCE: 0.5})
+    if kind == "Ray Data map":
+        out = RayExecutor().map_rows(_rows(4), Reserved, fn_kwargs={}, pool=pool, rows_per_task=2)
+    else:
+        with RayExecutor().open_pool(Reserved, fn_kwargs={}, pool=pool) as actors:
+            out = actors.map(_rows(4), rows_per_task=2)
+    assert sorted(r["x"] for r in out) == [0, 1, 2, 3]
+    assert {(r["cpu"], r["custom"]) for r in out} == {(0.5, 0.5)}

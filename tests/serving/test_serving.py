@@ -230,6 +230,12 @@ def test_deployment_options_follow_serve_config():
     two, _ = deployment_options(ServeConfig(pool=ActorPool(min_size=2, max_size=2, cpus=0.5)))
     assert two["num_replicas"] == 2
     assert two["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 0.0}
+    pinned, _ = deployment_options(ServeConfig(pool=ActorPool(gpus=1, resources={"l40s": 1})))
+    assert pinned["ray_actor_options"] == {
+        "num_cpus": 1.0,
+        "num_gpus": 1.0,
+        "resources": {"l40s": 1.0},
+    }
     auto, _ = deployment_options(
         ServeConfig(pool=ActorPool(min_size=0, max_size=4), target_ongoing_requests=1.5)
     )
