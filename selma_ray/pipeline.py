@@ -329,6 +329,14 @@ def _check_cluster(
         preflight_resources(cfg, stages, offer, run_dir)
 
 
+def stage_fingerprint(cfg: SelmaConfig, stage: str) -> dict[str, Any]:
+    """What a stage's outputs depend on: its config sections and every upstream stage's
+    (runtime fields left out), and the seed. Finished work is reused only under an equal one."""
+    names = [s.name for s in STAGES]
+    upto = STAGES[: names.index(stage) + 1]
+    return cfg.fingerprint(tuple(dict.fromkeys(s for st in upto for s in st.sections)))
+
+
 def _plan(
     cfg: SelmaConfig, manifest: Manifest, selected: list[Stage], redo: set[str]
 ) -> list[tuple[Stage, dict[str, Any], str]]:
@@ -336,10 +344,7 @@ def _plan(
     plan = []
     downstream_of_redo = False
     for stage in STAGES:
-        sections = tuple(
-            dict.fromkeys(s for st in STAGES[: STAGES.index(stage) + 1] for s in st.sections)
-        )
-        fingerprint = cfg.fingerprint(sections)
+        fingerprint = stage_fingerprint(cfg, stage.name)
         status = manifest.status(stage.name)
         changed = manifest.changes(stage.name, fingerprint)
         if stage.name in redo or (downstream_of_redo and status is not None):
