@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="DSG zeroing: reference = the DSG authors' script (default); transitive = any "
         "zeroed ancestor zeroes a question, dirty dependency cells keep their integers",
     )
+    rescore.add_argument(
+        "--items",
+        choices=["auto", "category", "answered"],
+        default="auto",
+        help="items scored: category = every item of each category with answers, unanswered "
+        "ones 0 (the DSG authors' script); answered = the items the table answers (a run's "
+        "eval/answers.parquet, which covers eval.max_items); auto (default) = answered for a "
+        "table with a benchmark column, else category",
+    )
 
     sv = sub.add_parser("serve", help="serve a run (base, merged, experts): OpenAI images API")
     sv.add_argument("--run-dir", required=True, help="run directory (path or fsspec URI)")
@@ -326,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "evaluate":
             from selma_ray.evaluation.rescore import format_table, rescore_file
 
-            report = rescore_file(args.benchmark, args.answers, args.output, rules=args.rules)
+            report = rescore_file(
+                args.benchmark, args.answers, args.output, rules=args.rules, items=args.items
+            )
             print(format_table(report))
             return 0
         if args.command == "serve":

@@ -196,6 +196,15 @@ def test_evaluate_rescore_cli(tmp_path, capsys):
     assert set(model["by_category"]) == {"defying"}
     assert model["n_missing"] == model["n_items"] - 1
     assert "overall" in capsys.readouterr().out
+    # --items answered: whoops_5 alone, [1, 0, 1] (questions 2 and 3 depend on question 1)
+    code = main(
+        ["evaluate", "rescore", "--answers", str(answers), "--items", "answered",
+         "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    model = json.loads(out.read_text())["models"]["default"]
+    assert (model["n_items"], model["n_missing"]) == (1, 0)
+    assert model["overall"] == pytest.approx(100 * 2 / 3, abs=1e-3)
 
 
 def test_evaluate_rescore_missing_columns_exit_2(tmp_path, capsys):

@@ -11,9 +11,19 @@ benchmark and returns (and optionally writes) the report::
                            "n_items": 1060, "n_missing": 1}},
      "diagnostics": {...}}
 
-Scores are on a 0-100 scale. A model is scored only on the categories it has answers for;
-within those, an item without any answer scores 0 and counts in ``n_missing``. Rows naming
-unknown items or questions, and repeated rows (the last one wins), are counted in
+Scores are on a 0-100 scale. Which items a model is scored on (``items``):
+
+- ``category``: every benchmark item in the categories the model has answers for, as the DSG
+  authors' script does; an item without any answer scores 0 and counts in ``n_missing``;
+- ``answered``: the items the table answers for any model (so every model is scored on the
+  same items, and one without an answer for one of them scores 0 there). This is what a run's
+  ``eval/answers.parquet`` needs: stage 5 asks about ``eval.max_items`` DSG-1k items, not the
+  whole benchmark, and its numbers are over those items;
+- ``auto`` (the default): ``answered`` for a table with a ``benchmark`` column (the stage's
+  ``eval/answers.parquet``, whose rows of other benchmarks are set aside, counted in
+  ``other_benchmark_rows``), else ``category``.
+
+Rows naming unknown items or questions, and repeated rows (the last one wins), are counted in
 ``diagnostics`` and are not fatal; so is what the benchmark loader did with dirty dependency
 cells. :func:`format_table` renders a report for the terminal.
 """
@@ -36,6 +46,8 @@ from selma_ray.evaluation.scoring import RULE_PRESETS, DSGRules, resolve_rules, 
 #: Benchmarks :func:`rescore_file` knows, and their display names.
 SUPPORTED_BENCHMARKS = {"dsg1k": "DSG-1k"}
 QUESTION_ID_COLUMNS = ("question_id", "proposition_id")
+#: Which items a model is scored on (module doc).
+ITEM_SETS = ("auto", "category", "answered")
 MODEL_COLUMNS = ("t2i_model", "model")
 DEFAULT_MODEL = "default"
 _EXPECTED = (
@@ -111,10 +123,21 @@ def rescore_answers(
     rules: str | DSGRules = "reference",
     *,
     source: str = "answers",
+    items: str = "auto",
 ) -> dict[str, Any]:
     """The rescore report (module doc) of an answers DataFrame on a DSG-style benchmark."""
     rules = resolve_rules(rules)
     qcol, mcol = _columns(answers, source)
+    if items not in ITEM_SETS:
+        msg = f"items {items!r}: use one of {list(ITEM_SETS)}"
+        raise ValueError(msg)
+    other_benchmark_rows = 0
+    if "benchmark" in answers.columns:
+        mine = answers["benchmark"].map(_text) == benchmark.name
+        other_benchmark_rows = int((~mine).sum())
+        answers = answers[mine]
+        items = "answered" if items == "auto" else items
+    items = "category" if items == "auto" else items
     by_id = benchmark.by_id()
     qids = {item_id: {q.proposition_id for q in item.questions} for item_id, item in by_id.items()}
     models = (
@@ -147,6 +170,7 @@ def rescore_answers(
         item_answers[qid] = _text(answer)
 
     order = benchmark.categories()
+    answered_ids = {item_id for item_answers in given.values() for item_id in item_answers}
     report_models: dict[str, Any] = {}
     diag_models: dict[str, Any] = {}
     unscored: list[str] = []
@@ -160,8 +184,12 @@ def rescore_answers(
             unscored.append(model)
             diag_models[model] = diag
             continue
-        items = [item for item in benchmark.items if item.category in answered]
-        result = score_dsg(items, item_answers, rules, category_order=order)
+        scored = [
+            item
+            for item in benchmark.items
+            if (item.item_id in answered_ids if items == "answered" else item.category in answered)
+        ]
+        result = score_dsg(scored, item_answers, rules, category_order=order)
         report_models[model] = {
             "overall": round(result.overall, _DIGITS),
             "by_category": {c: round(v, _DIGITS) for c, v in result.by_category.items()},
@@ -187,6 +215,8 @@ def rescore_answers(
         "diagnostics": {
             "answers": source,
             "rules": _rules_entry(rules),
+            "items": items,
+            "other_benchmark_rows": other_benchmark_rows,
             "models": diag_models,
             "unscored_models": unscored,
             "unknown_item_ids": list(unknown_items)[:_LIST_LIMIT],
@@ -223,11 +253,12 @@ def rescore_file(
     output_path: str | None = None,
     *,
     rules: str | DSGRules = "reference",
+    items: str = "auto",
 ) -> dict[str, Any]:
     """Score the answers table at ``answers_path`` on ``benchmark``; write JSON if asked."""
     bench = _load_benchmark(benchmark)
     answers = read_answers(answers_path)
-    report = rescore_answers(answers, bench, rules, source=answers_path)
+    report = rescore_answers(answers, bench, rules, source=answers_path, items=items)
     if output_path:
         _write_json(report, output_path)
     return report
@@ -259,6 +290,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines[0] += f" from {diag['answers']}"
     if rules:
         lines.append(f"rules: {rules.get('name')} ({rules.get('description')})")
+    if diag.get("items") == "answered":
+        lines.append("items: those the table has answers for")
+    elif diag.get("items") == "category":
+        lines.append("items: every benchmark item in the categories with answers")
     categories = list(dict.fromkeys(c for m in models.values() for c in m.get("by_category", {})))
     header = ["model", "overall", *categories, "items", "missing"]
     rows = [
@@ -288,6 +323,8 @@ def format_table(report: dict[str, Any]) -> str:
         ):
             if d.get(key):
                 notes.append(f"{model}: {d[key]} {what}")
+    if diag.get("other_benchmark_rows"):
+        notes.append(f"{diag['other_benchmark_rows']} row(s) of other benchmarks, set aside")
     if diag.get("unknown_item_ids"):
         notes.append(f"unknown item_ids, e.g. {diag['unknown_item_ids'][:5]}")
     if diag.get("unknown_questions"):
@@ -308,6 +345,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ITEM_SETS",
     "MODEL_COLUMNS",
     "QUESTION_ID_COLUMNS",
     "SUPPORTED_BENCHMARKS",

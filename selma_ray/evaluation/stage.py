@@ -14,24 +14,25 @@ Every variant draws the same items with the same seeds (``image_seed(seed, item_
 stage 2's drawing (:class:`LoraImageGenerator` swaps the LoRA per variant) on ``eval.pool``,
 into ``eval/images/<variant>/<item_id>.png``; existing images are kept (resume). Every question
 is answered by the VQA backend on the same pool (through the executor the stage is handed).
-Each batch's answers are saved as they come (:class:`AnswerSaver`: one part file per batch
-under ``eval/answers/``), so a rerun after a kill or a failure asks only the questions with no
-saved answer: key (variant, benchmark, item_id, question_id), for the same question text and
-the same VQA settings (model, answer matcher); ``eval/stats.json`` says how many were asked
-now and how many were answered before. Once every question has its answer, the part files of
-these VQA settings are folded into one (written before the folded ones are removed; parts of
-other settings stay). The answers are assembled into ``eval/answers.parquet`` (``item_id,
-question_id, answer, free_answer, model`` = variant, ``benchmark``, ``question``: ``answer`` is
-what scoring used, :func:`~selma_ray.evaluation.vqa.scored_answer`, and ``free_answer`` the VQA
-model's text as it came back), which ``selma-ray evaluate rescore dsg1k eval/answers.parquet``
-re-scores to the same DSG-1k numbers (both use the ``reference`` rules). CLIPScore and the
-human-preference scorers (``eval.preference_models``: PickScore, ImageReward, HPS v2;
+Each batch's answers are saved as they come (:class:`AnswerSaver`: one part file per batch under
+``eval/answers/``), so a rerun after a kill or a failure asks only the questions with no saved
+answer: key (variant, benchmark, item_id, question_id), for the same question text and the same
+VQA settings (model, answer matcher); ``eval/stats.json`` says how many were asked now and how
+many were answered before. Once every question has its answer, the part files of these VQA
+settings are folded into one (written before the folded ones are removed; parts of other
+settings stay). The answers are assembled into ``eval/answers.parquet`` (``item_id, question_id,
+answer, free_answer, model`` = variant, ``benchmark``, ``question``: ``answer`` is what scoring
+used, :func:`~selma_ray.evaluation.vqa.scored_answer`, and ``free_answer`` the VQA model's text
+as it came back), which ``selma-ray evaluate rescore --answers eval/answers.parquet`` re-scores
+to the same DSG-1k numbers (both use the ``reference`` rules, and the table's ``benchmark``
+column makes it score the items asked, not all of DSG-1k). CLIPScore and the human-preference
+scorers (``eval.preference_models``: PickScore, ImageReward, HPS v2;
 :mod:`selma_ray.evaluation.preference`) score every variant's images on the same pool, one row
 per (variant, item), saved as they come like the answers (:class:`ScoreSaver`, under
-``eval/scores/``, keyed by variant, item, scorer and its model; folded the same way), so a
-rerun scores only images with no saved score (``eval/stats.json``: ``scores``). With
-``images.safety_checker`` on, an image the checker flags is kept as drawn (black) and listed
-per variant (``nsfw_flagged``). Scores, CLIPScore and the preference scores go to
+``eval/scores/``, keyed by variant, item, scorer and its model; folded the same way), so a rerun
+scores only images with no saved score (``eval/stats.json``: ``scores``). With
+``images.safety_checker`` on, an image the checker flags is kept as drawn (black) and listed per
+variant (``nsfw_flagged``). Scores, CLIPScore and the preference scores go to
 ``eval/report.json``, and the HTML report is rebuilt
 (:func:`selma_ray.evaluation.report.build_report`).
 """

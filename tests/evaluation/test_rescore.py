@@ -338,6 +338,65 @@ def test_three_items_hand_computed(tmp_path, rules, overall, by_category):
     assert (got["n_items"], got["n_missing"]) == (3, 0)
 
 
+# Items "answered" (the union over models of items with an answer; whoops_1 has none):
+# tifa160_1, tifa160_2, vrd_1, whoops_2, countbench_1. Transitive rules, from the sums above:
+#   A: 0.25 + 1/3 + 0.5 + 0.5 + 0 over 5 items, none missing
+#   B: tifa160_1 0.75, vrd_1 0.25; tifa160_2, whoops_2 and countbench_1 missing (0)
+A_ANSWERED = {
+    "overall": 100 * (0.25 + 1 / 3 + 0.5 + 0.5 + 0) / 5,
+    "by_category": {"tifa": 100 * (0.25 + 1 / 3) / 2, "relation": 50.0, "count": 0.0,
+                    "defying": 50.0},
+    "n_items": 5,
+    "n_missing": 0,
+}  # fmt: skip
+B_ANSWERED = {
+    "overall": 100 * (0.75 + 0.25) / 5,
+    "by_category": {"tifa": 37.5, "relation": 25.0, "count": 0.0, "defying": 0.0},
+    "n_items": 5,
+    "n_missing": 3,
+}
+
+
+def test_answered_items_score_every_model_on_the_items_any_model_answered(mini):
+    report = rescore_answers(read_answers(str(MINI_ANSWERS)), mini, "transitive", items="answered")
+    assert report["diagnostics"]["items"] == "answered"
+    assert_model(report["models"]["A"], A_ANSWERED)
+    assert_model(report["models"]["B"], B_ANSWERED)
+    assert "items: those the table has answers for" in format_table(report)
+
+
+def test_a_table_with_a_benchmark_column_scores_its_own_rows_on_the_answered_items(mini):
+    """A run's eval/answers.parquet: rows of other benchmarks are set aside (not unknown items),
+    and "auto" scores the items asked, not every item of their categories."""
+    df = read_answers(str(MINI_ANSWERS))
+    df["benchmark"] = "dsg1k"
+    skills = pd.DataFrame(
+        {"t2i_model": ["A", "B"], "item_id": ["coco-00001"] * 2, "question_id": ["1"] * 2,
+         "answer": ["yes"] * 2, "benchmark": ["skills"] * 2}
+    )  # fmt: skip
+    report = rescore_answers(pd.concat([df, skills]), mini, "transitive")
+    assert_model(report["models"]["A"], A_ANSWERED)
+    assert_model(report["models"]["B"], B_ANSWERED)
+    diag = report["diagnostics"]
+    assert (diag["items"], diag["other_benchmark_rows"]) == ("answered", 2)
+    assert diag["unknown_item_ids"] == ["vrd_999"]  # the skill rows are not unknown items
+    assert "2 row(s) of other benchmarks, set aside" in format_table(report)
+    # asked for, the DSG authors' convention scores every item of the answered categories
+    category = rescore_answers(pd.concat([df, skills]), mini, "transitive", items="category")
+    assert_model(category["models"]["A"], A_TRANSITIVE)
+    assert_model(category["models"]["B"], B_TRANSITIVE)
+
+
+def test_a_table_without_a_benchmark_column_scores_whole_categories_by_default(mini):
+    report = rescore_answers(read_answers(str(MINI_ANSWERS)), mini, "transitive")
+    assert (report["diagnostics"]["items"], report["diagnostics"]["other_benchmark_rows"]) == (
+        "category",
+        0,
+    )
+    with pytest.raises(ValueError, match=r"items 'some': use one of \['auto', 'category'"):
+        rescore_answers(read_answers(str(MINI_ANSWERS)), mini, items="some")
+
+
 # --------------------------------------------------------------------------- files and errors
 
 

@@ -197,11 +197,9 @@ def test_images_answers_and_report_json(run):
     assert base != rd.read_bytes("eval", "images", "merged", f"{item}.png")
 
 
-def test_report_recomputes_from_saved_answers_that_score_between_0_and_100(
-    run, in_process, tmp_path
-):
+def _rerun_with_mixed_answers(run, in_process, tmp_path) -> RunDir:
     """A copy of the run whose saved answers are rewritten (seeded mix of "Yes.", "yes", "no",
-    "maybe"): the rerun asks nothing, draws nothing, and scores exactly those answers."""
+    "maybe") and the eval stage rerun on it, so its scores lie between 0 and 100."""
     import shutil
 
     import numpy as np
@@ -220,8 +218,17 @@ def test_report_recomputes_from_saved_answers_that_score_between_0_and_100(
         mixed = rng.choice(["Yes.", "yes", "no", "maybe"], size=table.num_rows).tolist()
         pq.write_table(table.set_column(table.schema.get_field_index("answer"), "answer",
                                         pa.array(mixed)), path)  # fmt: skip
-    draws = in_process.draws
     eval_stage.run_eval_stage(_cfg("eval.clip_model=null"), copy, in_process)
+    return copy
+
+
+def test_report_recomputes_from_saved_answers_that_score_between_0_and_100(
+    run, in_process, tmp_path
+):
+    """The rerun on rewritten answers asks nothing, draws nothing, and scores exactly those
+    answers."""
+    draws = in_process.draws
+    copy = _rerun_with_mixed_answers(run, in_process, tmp_path)
     assert in_process.draws == draws
     assert copy.read_json("eval", "stats.json")["asked_now"] == 0
     report = copy.read_json("eval", "report.json")
@@ -230,29 +237,40 @@ def test_report_recomputes_from_saved_answers_that_score_between_0_and_100(
     assert any(0 < o < 100 for o in overall) and len(set(overall)) > 1
 
 
-def test_answers_parquet_rescores_to_the_stage_numbers(run):
-    import pandas as pd
-
+def test_answers_parquet_rescores_to_the_stage_numbers(run, in_process, tmp_path):
+    """`selma-ray evaluate rescore` on a run's eval/answers.parquet (every benchmark's rows, or
+    the DSG-1k ones alone) gives the report's DSG-1k numbers, on answers that score between 0
+    and 100; scoring all of DSG-1k's items in the answered categories would not."""
     from selma_ray.evaluation.rescore import rescore_file
 
-    rd, _ = run
+    rd = _rerun_with_mixed_answers(run, in_process, tmp_path)
     df = pd.read_parquet(io.BytesIO(rd.read_bytes("eval", "answers.parquet")))
-    assert {"item_id", "question_id", "answer", "model"} <= set(df.columns)
+    assert {"item_id", "question_id", "answer", "model", "benchmark"} <= set(df.columns)
     assert set(df["model"]) == set(VARIANTS)
     report = rd.read_json("eval", "report.json")
-    dsg_rows = df[df["benchmark"] == "dsg1k"]
-    path = rd.path("eval", "dsg_only.parquet")
-    dsg_rows.to_parquet(path, index=False)
-    again = rescore_file("dsg1k", path)
-    for v in VARIANTS:
-        ours = report["variants"][v]["dsg"]["dsg1k"]
-        assert again["models"][v]["overall"] == pytest.approx(ours["overall"], abs=1e-3)
-        assert again["models"][v]["by_category"] == pytest.approx(ours["by_category"], abs=1e-3)
-    # the whole table also rescores (skill rows are counted as unknown items, not fatal)
-    whole = rescore_file("dsg1k", rd.path("eval", "answers.parquet"))
-    assert whole["models"]["merged"]["overall"] == pytest.approx(
-        report["variants"]["merged"]["dsg"]["dsg1k"]["overall"], abs=1e-3
+    ours = {v: report["variants"][v]["dsg"]["dsg1k"] for v in VARIANTS}
+    assert any(0 < o["overall"] < 100 for o in ours.values())
+    dsg_only = rd.path("eval", "dsg_only.parquet")
+    df[df["benchmark"] == "dsg1k"].to_parquet(dsg_only, index=False)
+    whole = rd.path("eval", "answers.parquet")
+    for path in (whole, dsg_only):
+        again = rescore_file("dsg1k", path)
+        assert again["diagnostics"]["items"] == "answered"
+        for v in VARIANTS:
+            assert again["models"][v]["overall"] == pytest.approx(ours[v]["overall"], abs=1e-3)
+            assert again["models"][v]["by_category"] == pytest.approx(
+                ours[v]["by_category"], abs=1e-3
+            )
+            assert again["models"][v]["n_items"] == ours[v]["n_items"] == 2
+    assert (
+        rescore_file("dsg1k", whole)["diagnostics"]["other_benchmark_rows"]
+        == int((df["benchmark"] != "dsg1k").sum())
+        > 0
     )
+    # the DSG authors' convention counts every unasked item of those categories as 0
+    category = rescore_file("dsg1k", whole, items="category")["models"]
+    assert max(m["overall"] for m in category.values()) < max(o["overall"] for o in ours.values())
+    assert all(m["n_items"] > 100 for m in category.values())
 
 
 def test_resume_skips_existing_images(run, in_process):
