@@ -5,10 +5,10 @@ resolution (``train.base_model``, ``train.resolution``): ``base`` (no LoRA), ``e
 (each skill's expert LoRA), ``merged`` (the merged LoRA) and ``joint`` (the joint baseline:
 one LoRA trained on every skill's pairs, with ``train.joint``). Items: DSG-1k (``max_items``,
 round-robin over its categories in source order), TIFA (when ``eval.tifa_path``), and our skill
-prompts held out from expert training (the same
-``split_holdout(prompt ids, train.validation_fraction, seed)`` the trainer uses; with a fraction
-of 0 every prompt is used, and the report says so), each limited to ``max_items`` (round-robin
-over skills).
+prompts held out from expert training (``held_out_prompts`` of each ``expert.json``, the
+trainer's ``split_holdout(prompt ids, train.validation_fraction, seed)``; with a fraction of 0
+every prompt is used, and the report says so), each limited to ``max_items`` (round-robin over
+skills).
 
 Every variant draws the same items with the same seeds (``image_seed(seed, item_id, 0)``) with
 stage 2's drawing (:class:`LoraImageGenerator` swaps the LoRA per variant) on ``eval.pool``,
@@ -112,16 +112,25 @@ def round_robin(items: list[Any], limit: int | None) -> list[Any]:
 
 
 def held_out_prompt_ids(cfg: SelmaConfig, run_dir: RunDir, skill: str, ids: list[str]) -> set[str]:
-    """The prompt ids the experts trainer held out for ``skill`` (its validation prompts)."""
+    """Those of ``ids`` the experts trainer held out for ``skill`` (its validation prompts).
+
+    The expert's ``expert.json`` lists them (``held_out_prompts``). For an expert written
+    before it did, the trainer's split is redone over what the trainer split: every imaged
+    prompt (not only those with questions: the split's at-least-one rules depend on the set).
+    """
     from selma_ray.training.data import Pair, split_holdout
 
+    if run_dir.exists(*layout.expert_meta(skill)):
+        listed = run_dir.read_json(*layout.expert_meta(skill)).get("held_out_prompts")
+        if listed is not None:
+            return set(ids) & set(listed)
     trained_on = ids
     if run_dir.exists(*layout.images_metadata(skill)):  # the trainer splits imaged prompts
-        imaged = {r["prompt_id"] for r in run_dir.read_jsonl(*layout.images_metadata(skill))}
-        trained_on = [i for i in ids if i in imaged] or ids
+        rows = run_dir.read_jsonl(*layout.images_metadata(skill))
+        trained_on = list(dict.fromkeys(r["prompt_id"] for r in rows)) or ids
     pairs = [Pair(file_name=f"{i}.png", text="", prompt_id=i) for i in trained_on]
     _, val = split_holdout(pairs, cfg.train.validation_fraction, cfg.seed)
-    return {p.prompt_id for p in val}
+    return set(ids) & {p.prompt_id for p in val}
 
 
 def select_items(

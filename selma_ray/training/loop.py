@@ -455,6 +455,7 @@ class _Trainer:
             )
         self.n_train_prompts = len({p.prompt_id for p in train_pairs})
         self.n_val_prompts = len({p.prompt_id for p in val_pairs})
+        self.val_prompt_ids = sorted({p.prompt_id for p in val_pairs})
 
     def _add_lora(self) -> None:
         """LoRA layers, initialised on the CPU from the seed (so not device-dependent), then
@@ -977,6 +978,8 @@ def _expert_meta(trainer: _Trainer, cfg: TrainConfig, seconds: float) -> dict[st
             "train_prompts": trainer.n_train_prompts,
             "val_prompts": trainer.n_val_prompts,
         },
+        # the prompts held out of training: stage 5 evaluates the skill prompts among them
+        "held_out_prompts": trainer.val_prompt_ids,
         "skipped": trainer.skipped,
         "files_hash": trainer.files_hash,
         "cache": trainer.cache_info,

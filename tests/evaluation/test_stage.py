@@ -289,6 +289,35 @@ def test_resume_skips_existing_images(run, in_process):
         assert rd.read_bytes("eval", "images", v, n) == before[v]
 
 
+def test_held_out_skill_prompts_are_never_prompts_the_expert_trained_on(tmp_path):
+    """The eval's held-out skill prompts are the trainer's: expert.json's list when there is one;
+    else the trainer's split over every imaged prompt, of which only those with questions are
+    evaluated (splitting the questioned prompts alone would, when none of the trainer's
+    held-out prompts has questions, hold out a prompt the expert trained on)."""
+    from selma_ray import layout
+    from selma_ray.training.data import Pair, split_holdout
+
+    cfg = _cfg("train.validation_fraction=0.1")
+    rd = RunDir(str(tmp_path / "run"))
+    imaged = [f"count-{i:05d}" for i in range(20)]
+    rd.write_jsonl([{"file_name": f"{i}_0.png", "text": "t", "prompt_id": i} for i in imaged],
+                   *layout.images_metadata("count"))  # fmt: skip
+    pairs = [Pair(file_name=f"{i}_0.png", text="t", prompt_id=i) for i in imaged]
+    train, val = split_holdout(pairs, 0.1, cfg.seed)
+    held = {p.prompt_id for p in val}
+    assert held and train
+    trained_on = [i for i in imaged if i not in held]
+    assert eval_stage.held_out_prompt_ids(cfg, rd, "count", imaged) == held
+    # none of the held-out prompts has questions: nothing is held out (the split of the
+    # questioned prompts alone would have held out one of them)
+    assert split_holdout([p for p in pairs if p.prompt_id in trained_on], 0.1, cfg.seed)[1]
+    assert eval_stage.held_out_prompt_ids(cfg, rd, "count", trained_on) == set()
+    # expert.json's list wins (an expert trained on other pairs than the metadata lists now)
+    listed = [imaged[0], imaged[1], "count-99999"]
+    rd.write_json({"skill": "count", "held_out_prompts": listed}, *layout.expert_meta("count"))
+    assert eval_stage.held_out_prompt_ids(cfg, rd, "count", imaged) == set(listed[:2])
+
+
 def test_round_robin_is_deterministic():
     from selma_ray.evaluation.benchmarks import load_dsg1k
 

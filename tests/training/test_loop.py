@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from selma_ray.config import TrainConfig
 from selma_ray.storage import RunDir
 from selma_ray.training import loop as loop_mod
-from selma_ray.training.data import write_synthetic_skill
+from selma_ray.training.data import load_pairs, split_holdout, write_synthetic_skill
 from selma_ray.training.loop import (
     ExpertCheckpoint,
     LocalReporter,
@@ -72,6 +72,7 @@ def test_overfit_loss_falls_and_expert_loads(run_dir, tiny_models):
     assert meta["base_model"] == "tiny:sd" and meta["image_model"] == "synthetic"
     assert meta["rank"] == 4 and meta["steps"] == 40 and meta["skipped"] == {}
     assert meta["pairs"] == {"total": 4, "train": 4, "val": 4, "train_prompts": 4, "val_prompts": 0}
+    assert meta["held_out_prompts"] == []
     curves = run_dir.read_json("experts", "overfit", "curves.json")
     assert curves["val_loss"] == meta["val_loss"]
 
@@ -108,6 +109,11 @@ def test_resume_matches_uninterrupted_run(run_dir, tmp_path):
     meta = run_dir.read_json("experts", "resume", "expert.json")
     assert meta["resumed_from"] == 3 and meta["steps"] == 6
     assert meta["pairs"]["val_prompts"] >= 1 and meta["val_source"] == "holdout"
+    # expert.json names the held-out prompts: the split of the pairs the trainer loaded
+    pairs, _ = load_pairs(run_dir, "resume")
+    _, val = split_holdout(pairs, c6.validation_fraction, 3)
+    assert meta["held_out_prompts"] == sorted({p.prompt_id for p in val})
+    assert len(meta["held_out_prompts"]) == meta["pairs"]["val_prompts"]
 
     with pytest.raises(ValueError, match=r"cannot resume.*seed: 3 -> 4"):
         train_expert(c6, reporter=LocalReporter(), resume=ckpt, **{**kw, "seed": 4})
