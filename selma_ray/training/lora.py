@@ -71,11 +71,18 @@ def is_sdxl_unet(unet: nn.Module) -> bool:
     return getattr(unwrap(unet).config, "addition_embed_type", None) == "text_time"
 
 
-def _lora_config(rank: int, alpha: float, targets: list[str]) -> Any:
+def _lora_config(
+    rank: int, alpha: float, targets: list[str], layers: list[int] | None = None
+) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets)
+        r=rank,
+        lora_alpha=alpha,
+        init_lora_weights="gaussian",
+        target_modules=list(targets),
+        layers_to_transform=layers,
+        layers_pattern="layers" if layers is not None else None,
     )
 
 
@@ -89,8 +96,11 @@ def add_lora(
     """Freeze the models, add LoRA layers and return the trainable (LoRA) parameters.
 
     The UNet gets LoRA on ``to_q/to_k/to_v/to_out.0``; each given text encoder on its
-    attention projections. The LoRA parameters are float32 whatever the base dtype is.
-    Seed torch beforehand (``init_lora_weights="gaussian"`` draws ``lora_A`` from it).
+    attention projections. With two text encoders (SDXL) the first one's last layer gets none:
+    SDXL reads that encoder's penultimate hidden states, so a LoRA there would never train, and
+    DDP (which expects a gradient for every parameter) would fail on the second step. The LoRA
+    parameters are float32 whatever the base dtype is. Seed torch beforehand
+    (``init_lora_weights="gaussian"`` draws ``lora_A`` from it).
     """
     if rank < 1:
         msg = f"LoRA rank must be >= 1, got {rank} (set train.rank)"
@@ -99,16 +109,19 @@ def add_lora(
         msg = f"LoRA alpha must be > 0, got {alpha} (set train.alpha)"
         raise ValueError(msg)
     params: list[torch.nn.Parameter] = []
-    for model, targets in (
-        (unet, UNET_TARGET_MODULES),
-        (text_encoder, TEXT_TARGET_MODULES),
-        (text_encoder_2, TEXT_TARGET_MODULES),
+    penultimate: list[int] | None = None
+    if text_encoder is not None and text_encoder_2 is not None:
+        penultimate = list(range(unwrap(text_encoder).config.num_hidden_layers - 1))
+    for model, targets, layers in (
+        (unet, UNET_TARGET_MODULES, None),
+        (text_encoder, TEXT_TARGET_MODULES, penultimate),
+        (text_encoder_2, TEXT_TARGET_MODULES, None),
     ):
         if model is None:
             continue
         model = unwrap(model)
         model.requires_grad_(False)
-        model.add_adapter(_lora_config(rank, alpha, targets))
+        model.add_adapter(_lora_config(rank, alpha, targets, layers))
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()

@@ -221,7 +221,10 @@ def test_sdxl_expert_trains_and_loads(run_dir, tmp_path):
 
     path = resolve_model("tiny:sdxl")  # SDXL base's stand-in: two text encoders, text_time UNet
     rep = LocalReporter()
-    c = cfg(max_steps=2, checkpoint_every=2, center_crop=False, learning_rate=1e-2)
+    c = cfg(
+        max_steps=2, checkpoint_every=2, center_crop=False, learning_rate=1e-2,
+        text_encoder_lora=True,
+    )  # fmt: skip
     result = train_expert(
         c, skill="resume", run_dir_uri=run_dir.uri, base_model=path, reporter=rep,
         cache_dir=str(tmp_path / "sdxl-cache"),
@@ -232,11 +235,25 @@ def test_sdxl_expert_trains_and_loads(run_dir, tmp_path):
     key = json.loads((tmp_path / "sdxl-cache" / "cache.json").read_text())
     assert key["crop_seed"] == 0 and not key["center_crop"]
 
+    # both text encoders are trained, but not the first one's last layer (SDXL reads its
+    # penultimate hidden states)
+    exported = load_file(run_dir.path("experts", "resume", "pytorch_lora_weights.safetensors"))
+    for prefix in ("unet.", "text_encoder.", "text_encoder_2."):
+        assert any(k.startswith(prefix) for k in exported), prefix
+    trained = rep.checkpoint(2).lora
+    te_b = [v for k, v in trained.items() if k.startswith("text_encoder.") and "lora_B" in k]
+    assert te_b and all(v.abs().sum() > 0 for v in te_b)
+
     pipe = StableDiffusionXLPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
     base = _draw(pipe)
-    pipe.load_lora_weights(result.out_dir)
+    ids = pipe.tokenizer(["a red cat"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        te_base = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        pipe.load_lora_weights(result.out_dir)
+        te_lora = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
     assert abs(_draw(pipe) - base).mean() > 1e-5
+    assert not torch.allclose(te_lora, te_base)
 
 
 # --------------------------------------------------------------------------- DDP (2 processes)

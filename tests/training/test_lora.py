@@ -134,6 +134,48 @@ def test_add_lora_state_roundtrip(tiny_models):
         add_lora(_unet(tiny_models["sd"]), rank=0, alpha=1)
 
 
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_every_lora_parameter_gets_a_gradient_with_text_encoder_lora(tiny_models, kind):
+    """DDP (``prepare_model``: no unused-parameter search) fails on the second step when a
+    trained parameter gets no gradient. SDXL reads its first text encoder's penultimate hidden
+    states, so that encoder's last layer gets no LoRA; the second encoder's last layer feeds
+    the pooled embedding and keeps its LoRA."""
+    from selma_ray.models import resolve_model
+    from selma_ray.training.components import load_components
+    from selma_ray.training.inputs import encode_text, tokenize
+
+    c = load_components(resolve_model(f"tiny:{kind}"))
+    torch.manual_seed(0)
+    params = add_lora(c.unet, 4, 4.0, c.text_encoder, c.text_encoder_2)
+    ids, ids_2 = tokenize(c, ["a red cat", "two dogs on a table"])
+    embeds, pooled = encode_text(c, ids, ids_2)
+    size = c.unet.config.sample_size
+    kwargs = {}
+    if pooled is not None:
+        px = float(8 * size)
+        time_ids = torch.tensor([[px, px, 0.0, 0.0, px, px]] * 2)
+        kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+    latents = torch.randn(2, c.unet.config.in_channels, size, size)
+    c.unet(latents, torch.tensor([10, 500]), embeds, **kwargs).sample.square().mean().backward()
+    models = {"unet": c.unet, "text_encoder": c.text_encoder, "text_encoder_2": c.text_encoder_2}
+    trained = {
+        f"{name}.{n}": p
+        for name, m in models.items()
+        if m is not None
+        for n, p in m.named_parameters()
+        if p.requires_grad
+    }
+    assert len(trained) == len(params)
+    assert [n for n, p in trained.items() if p.grad is None] == []
+    assert any(n.startswith("text_encoder.") for n in trained)
+    last = c.text_encoder.config.num_hidden_layers - 1
+    te1_last = [n for n in trained if n.startswith("text_encoder.") and f"layers.{last}." in n]
+    assert bool(te1_last) == (kind == "sd")
+    if kind == "sdxl":
+        last_2 = c.text_encoder_2.config.num_hidden_layers - 1
+        assert any(n.startswith("text_encoder_2.") and f"layers.{last_2}." in n for n in trained)
+
+
 def test_save_lora_loads_in_pipeline_with_alpha(tiny_models, tmp_path):
     """alpha != rank survives the export: the loaded pipeline equals the trained model."""
     path = tiny_models["sd"]
