@@ -112,6 +112,10 @@ _RNG_FILE = "rng.pt"
 CHECKPOINT_FORMAT = 1
 #: Keyword arguments of ``nn.Module.compile`` for ``train.compile`` (tests choose a backend).
 COMPILE_OPTIONS: dict[str, Any] = {}
+#: The identity fields every checkpoint records (the others joined later; see ``resume_from``).
+_FIRST_IDENTITY = frozenset(
+    {"skill", "seed", "files_hash", "rank", "alpha", "text_encoder_lora", "base_model"}
+)
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -181,10 +185,13 @@ class ExpertCheckpoint:
         best_file = os.path.join(path, _BEST_FILE)
         optim: dict[str, Any] = {}
         if os.path.isfile(os.path.join(path, _OPTIM_FILE)):
-            optim = torch.load(os.path.join(path, _OPTIM_FILE), weights_only=True)
+            # a GPU run's optimizer state resumes on any device (load_state_dict moves it)
+            optim = torch.load(
+                os.path.join(path, _OPTIM_FILE), map_location="cpu", weights_only=True
+            )
         rng: dict[str, Any] = {}
         if os.path.isfile(os.path.join(path, _RNG_FILE)):
-            rng = torch.load(os.path.join(path, _RNG_FILE), weights_only=True)
+            rng = torch.load(os.path.join(path, _RNG_FILE), map_location="cpu", weights_only=True)
         return cls(
             step=int(state["step"]),
             lora=load_file(os.path.join(path, _LORA_FILE)),
@@ -537,20 +544,35 @@ class _Trainer:
         load_lora_state(self.comps.unet, state, te, te2)
 
     def identity(self) -> dict[str, Any]:
-        """What a checkpoint must have been made for to be resumed by this run."""
+        """What a checkpoint must have been made for to be resumed by this run: the inputs, the
+        LoRA's shape, and what the remaining steps' samples and updates depend on (the model,
+        the held-out split, the crops, the global batch, the learning rate)."""
+        cfg = self.cfg
         return {
             "skill": self.skill,
             "seed": self.seed,
             "files_hash": self.files_hash,
-            "rank": self.cfg.rank,
-            "alpha": self.cfg.alpha,
+            "rank": cfg.rank,
+            "alpha": cfg.alpha,
             "text_encoder_lora": self.te_lora,
+            "base_model": self.base_model,
+            "resolution": cfg.resolution,
+            "center_crop": cfg.center_crop,
+            "random_flip": cfg.random_flip,
+            "validation_fraction": cfg.validation_fraction,
+            "global_batch": cfg.batch_size * cfg.gradient_accumulation,
+            "learning_rate": cfg.learning_rate,
         }
 
     def resume_from(self, ckpt: ExpertCheckpoint) -> None:
         st = ckpt.state
         checks = self.identity()
-        diffs = [f"{k}: {st.get(k)!r} -> {v!r}" for k, v in checks.items() if st.get(k) != v]
+        # checkpoints written before a field joined the identity do not record it
+        diffs = [
+            f"{k}: {st.get(k)!r} -> {v!r}"
+            for k, v in checks.items()
+            if st.get(k) != v and (k in st or k in _FIRST_IDENTITY)
+        ]
         if diffs:
             msg = (
                 f"skill {self.skill!r}: cannot resume from the step-{ckpt.step} checkpoint, it "
@@ -587,7 +609,6 @@ class _Trainer:
         lora = self.lora()
         state = {
             **self.identity(),
-            "base_model": self.base_model,
             "train_curve": self.train_curve,
             "val_curve": self.val_curve,
             "best_step": self.best_step,

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from selma_ray.config import TrainConfig
+from selma_ray.models import resolve_model
 from selma_ray.storage import RunDir
 from selma_ray.training import loop as loop_mod
 from selma_ray.training.data import load_pairs, split_holdout, write_synthetic_skill
@@ -117,6 +118,31 @@ def test_resume_matches_uninterrupted_run(run_dir, tmp_path):
 
     with pytest.raises(ValueError, match=r"cannot resume.*seed: 3 -> 4"):
         train_expert(c6, reporter=LocalReporter(), resume=ckpt, **{**kw, "seed": 4})
+    # what the remaining steps depend on must match too: the learning rate, the global batch,
+    # the held-out split, the model
+    other = c6.model_copy(
+        update={"learning_rate": 0.5, "gradient_accumulation": 3, "validation_fraction": 0.4}
+    )
+    with pytest.raises(ValueError) as e:
+        train_expert(other, reporter=LocalReporter(), resume=ckpt, **kw)
+    batch = c6.batch_size
+    for diff in (
+        f"validation_fraction: {c6.validation_fraction} -> 0.4",
+        f"global_batch: {2 * batch} -> {3 * batch}",
+        f"learning_rate: {c6.learning_rate} -> 0.5",
+    ):
+        assert diff in str(e.value)
+    with pytest.raises(ValueError, match=r"cannot resume.*base_model: 'tiny:sd' -> "):
+        train_expert(c6, reporter=LocalReporter(), resume=ckpt,
+                     **{**kw, "base_model": resolve_model("tiny:sd")})  # fmt: skip
+    # a checkpoint written before those fields were recorded still resumes
+    older = ExpertCheckpoint.from_dir(first.checkpoint_path(3))
+    for key in ("resolution", "center_crop", "random_flip", "validation_fraction",
+                "global_batch", "learning_rate"):  # fmt: skip
+        del older.state[key]
+    again = LocalReporter(str(tmp_path / "again"))
+    train_expert(c6, reporter=again, resume=older, **kw)
+    assert torch.equal(again.checkpoint(6).lora[next(iter(a.lora))], a.lora[next(iter(a.lora))])
 
 
 def test_best_step_is_lowest_validation_loss(run_dir, monkeypatch, tiny_models, tmp_path):
@@ -217,8 +243,6 @@ def test_ranks_get_disjoint_slices_of_each_global_batch():
 def test_sdxl_expert_trains_and_loads(run_dir, tmp_path):
     from diffusers import StableDiffusionXLPipeline
 
-    from selma_ray.models import resolve_model
-
     path = resolve_model("tiny:sdxl")  # SDXL base's stand-in: two text encoders, text_time UNet
     rep = LocalReporter()
     c = cfg(
@@ -263,6 +287,7 @@ import sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 torch.set_num_threads(1)
 from selma_ray.config import TrainConfig
+from selma_ray.models import resolve_model
 from selma_ray.training.loop import LocalReporter, train_expert
 rank, init, run_dir, cfg_json, out = sys.argv[1:6]
 rank = int(rank)
