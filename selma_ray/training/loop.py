@@ -112,6 +112,8 @@ _RNG_FILE = "rng.pt"
 CHECKPOINT_FORMAT = 1
 #: Keyword arguments of ``nn.Module.compile`` for ``train.compile`` (tests choose a backend).
 COMPILE_OPTIONS: dict[str, Any] = {}
+#: How an expert's step is chosen (``expert.json`` "selection").
+SELECTION = "lowest validation loss at checkpoint steps (ties keep the earlier step)"
 #: The identity fields every checkpoint records (the others joined later; see ``resume_from``).
 _FIRST_IDENTITY = frozenset(
     {"skill", "seed", "files_hash", "rank", "alpha", "text_encoder_lora", "base_model"}
@@ -528,6 +530,7 @@ class _Trainer:
         self.val_curve: list[list[float]] = []
         self.best_step = 0
         self.best_val = math.inf
+        self.selection = SELECTION
         self.best_lora: dict[str, torch.Tensor] | None = None
         self.resumed_from: int | None = None
         self.order = _SampleOrder(self.train_rows, self.seed)
@@ -860,6 +863,7 @@ def train_expert(
         log.info("skill %r: resumed at step %d of %d", skill, trainer.step, cfg.max_steps)
     trainer.wrap(wrap_model)
     _train(trainer, reporter)
+    _select_without_finite_validation(trainer)
     if rank == 0:
         _export(trainer, cfg, time.perf_counter() - started)
     return ExpertResult(
@@ -909,6 +913,13 @@ def _checkpoint_step(
     samples_per_step = cfg.batch_size * cfg.gradient_accumulation
     val = trainer.validate()
     trainer.val_curve.append([trainer.step, val])
+    if not math.isfinite(val):
+        log.warning(
+            "skill %r step %d: validation loss %s; this step cannot be the expert",
+            trainer.skill,
+            trainer.step,
+            val,
+        )
     if val < trainer.best_val:
         trainer.best_val, trainer.best_step = val, trainer.step
         trainer.best_lora = trainer.lora()
@@ -927,6 +938,30 @@ def _checkpoint_step(
     }
     log.info("skill %r step %d: %s", trainer.skill, trainer.step, metrics)
     _report(reporter, metrics, trainer if trainer.rank == 0 else None)
+
+
+def _select_without_finite_validation(trainer: _Trainer) -> None:
+    """When no checkpoint had a finite validation loss, the last step is the expert, if its
+    LoRA is finite; a LoRA holding NaN or inf is refused (training diverged)."""
+    if trainer.best_step:
+        return
+    bad = [k for k, v in trainer.lora().items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        msg = (
+            f"skill {trainer.skill!r}: training diverged: {len(bad)} LoRA tensor(s) hold NaN or "
+            f"inf at step {trainer.step} (e.g. {bad[0]}) and no checkpoint had a finite "
+            "validation loss; lower train.learning_rate or use train.mixed_precision=bf16, then "
+            "rerun with --redo experts"
+        )
+        raise ValueError(msg)
+    log.warning(
+        "skill %r: no checkpoint had a finite validation loss (%s); the expert is the last "
+        "step's LoRA",
+        trainer.skill,
+        ", ".join(f"step {s}: {v}" for s, v in trainer.val_curve) or "none",
+    )
+    trainer.best_step = trainer.step
+    trainer.selection = "the last step: no checkpoint had a finite validation loss"
 
 
 def _report(reporter: Reporter, metrics: dict[str, Any], trainer: _Trainer | None) -> None:
@@ -981,7 +1016,7 @@ def _expert_meta(trainer: _Trainer, cfg: TrainConfig, seconds: float) -> dict[st
         "steps": trainer.step,
         "selected_step": trainer.best_step,
         "best_val_loss": trainer.best_val if math.isfinite(trainer.best_val) else None,
-        "selection": "lowest validation loss at checkpoint steps (ties keep the earlier step)",
+        "selection": trainer.selection,
         "val_source": trainer.val_source,
         "val_timesteps": VAL_TIMESTEPS,
         "prediction_type": trainer.comps.scheduler.config.prediction_type,

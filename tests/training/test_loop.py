@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -173,6 +174,32 @@ def test_best_step_is_lowest_validation_loss(run_dir, monkeypatch, tiny_models, 
     assert expected.keys() == exported.keys()
     assert all(torch.equal(expected[k], exported[k]) for k in expected)
     assert not all(torch.equal(last.lora[k], rep.checkpoint(4).lora[k]) for k in last.lora)
+
+
+def test_without_a_finite_validation_loss_the_last_step_is_the_expert(run_dir, monkeypatch):
+    """No checkpoint with a finite validation loss (an fp16 overflow, say): expert.json names
+    the last step, which is what is exported; a LoRA that holds NaN is refused, not exported."""
+    monkeypatch.setattr(loop_mod._Trainer, "validate", lambda self: float("nan"))
+    kw = {"skill": "overfit", "run_dir_uri": run_dir.uri, "base_model": "tiny:sd"}
+    c = cfg(max_steps=4, checkpoint_every=2, batch_size=1)
+    rep = LocalReporter()
+    result = train_expert(c, reporter=rep, **kw)
+    assert (result.best_step, result.steps) == (4, 4)
+    meta = run_dir.read_json("experts", "overfit", "expert.json")
+    assert (meta["selected_step"], meta["best_val_loss"]) == (4, None)
+    assert meta["selection"] == "the last step: no checkpoint had a finite validation loss"
+    exported = load_file(run_dir.path("experts", "overfit", "pytorch_lora_weights.safetensors"))
+    b = [k for k in rep.checkpoint(4).lora if "lora_B" in k][0]
+    assert any(torch.equal(rep.checkpoint(4).lora[b], v) for v in exported.values())
+
+    lora = loop_mod._Trainer.lora
+    monkeypatch.setattr(
+        loop_mod._Trainer, "lora", lambda self: {k: v * math.nan for k, v in lora(self).items()}
+    )
+    run_dir.remove("experts", "overfit")
+    with pytest.raises(ValueError, match=r"training diverged: \d+ LoRA tensor\(s\) hold NaN"):
+        train_expert(c, reporter=LocalReporter(), **kw)
+    assert not run_dir.exists("experts", "overfit", "pytorch_lora_weights.safetensors")
 
 
 def test_without_cache_trains_the_same(run_dir):
