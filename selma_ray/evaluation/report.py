@@ -69,10 +69,24 @@ def _metric_rows(report: dict[str, Any]) -> tuple[list[str], dict[str, dict[str,
             row["TIFA"] = entry["tifa"]["overall"]
             for cat, val in entry["tifa"]["by_category"].items():
                 row[f"TIFA: {cat}"] = val
-        for kind, title in PREFERENCE_COLUMNS.items():
-            if kind in (entry.get("preference") or {}):
-                row[title] = entry["preference"][kind].get("mean")
-        row["CLIPScore"] = entry.get("clip")
+        # preference scores and CLIPScore per benchmark, as in the paper table (a report
+        # without per-item scores has only the mean over every image)
+        means = {
+            title: entry["preference"][kind]
+            for kind, title in PREFERENCE_COLUMNS.items()
+            if kind in (entry.get("preference") or {})
+        }
+        means["CLIPScore"] = {"mean": entry.get("clip"), "items": entry.get("clip_items")}
+        for title, scored in means.items():
+            scores = scored.get("items") or {}
+            if not scores:
+                if scored.get("mean") is not None:
+                    row[title] = scored["mean"]
+                continue
+            for bench, ids in report.get("benchmarks", {}).items():
+                got = [scores[i] for i in ids if scores.get(i) is not None]
+                if got:
+                    row[f"{title} {bench}"] = sum(got) / len(got)
         metrics.update(dict.fromkeys(row))
         table[v] = row
     return list(metrics), table

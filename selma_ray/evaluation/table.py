@@ -4,10 +4,15 @@ Rows: ``base``, ``joint`` (one LoRA on every skill's pairs, when evaluated), ``m
 merged model of any other run given by label (e.g. ``ground-truth``: the same run with skills
 trained on ground-truth pairs, the paper's auto-vs-ground-truth comparison), then the paired
 differences ``merged - base`` and ``merged - joint``. Columns: DSG per DSG benchmark (``dsg1k``,
-the held-out ``skills`` prompts), TIFA, PickScore, ImageReward, HPS and CLIPScore, each where
-the run scored it. A cell is the mean over items with the percentile-bootstrap interval over
-items (:func:`~selma_ray.evaluation.views.bootstrap_ci`); a difference is the bootstrap of the
-per-item differences over the items both rows were scored on.
+the held-out ``skills`` prompts), TIFA, then PickScore, ImageReward, HPS and CLIPScore per
+benchmark (``PickScore dsg1k``, ``PickScore skills``, ...: the skill prompts come from the
+experts' own training distribution, so pooling them with a public benchmark's prompts would make
+a number comparable with neither), each where the run scored it. A cell is the mean over items
+with the percentile-bootstrap interval over items
+(:func:`~selma_ray.evaluation.views.bootstrap_ci`); a difference is the bootstrap of the
+per-item differences over the items both rows were scored on. Another run's merged model is
+shown on the items both reports give the same text (skill prompt ids repeat across runs while
+their prompts differ), so its row and its difference are over the same items.
 
 :func:`paper_table` builds it; :func:`to_markdown`, :func:`to_csv` and :func:`to_html` write it
 (``selma-ray report --table``, ``eval/table.md`` / ``eval/table.csv``, the HTML report). The
@@ -53,24 +58,34 @@ def _items(value: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in (value or {}).items() if v is not None}
 
 
+def _of(scores: dict[str, float], ids: frozenset[str]) -> dict[str, float]:
+    return {i: v for i, v in scores.items() if i in ids}
+
+
 def metric_items(report: Mapping[str, Any]) -> dict[str, Extractor]:
-    """{column: variant entry -> {item_id: score}} for every metric the run scored."""
+    """{column: variant entry -> {item_id: score}} for every metric the run scored; the
+    preference scores and CLIPScore per benchmark (``PickScore dsg1k``)."""
     out: dict[str, Extractor] = {}
-    for bench in report.get("benchmarks", {}):
+    benchmarks = report.get("benchmarks", {})
+    for bench in benchmarks:
         if bench == "tifa":
             out["TIFA"] = lambda e: _items((e.get("tifa") or {}).get("items"))
         else:
             out[f"DSG {bench}"] = lambda e, b=bench: _items(
                 ((e.get("dsg") or {}).get(b) or {}).get("items")
             )
-    kinds = {k for e in report.get("variants", {}).values() for k in e.get("preference") or {}}
-    for kind, title in PREFERENCE_COLUMNS.items():
-        if kind in kinds:
-            out[title] = lambda e, k=kind: _items(
-                ((e.get("preference") or {}).get(k) or {}).get("items")
-            )
-    if any(e.get("clip_items") for e in report.get("variants", {}).values()):
-        out["CLIPScore"] = lambda e: _items(e.get("clip_items"))
+    variants = report.get("variants", {}).values()
+    kinds = {k for e in variants for k in e.get("preference") or {}}
+    per_item: dict[str, Extractor] = {
+        title: lambda e, k=kind: _items(((e.get("preference") or {}).get(k) or {}).get("items"))
+        for kind, title in PREFERENCE_COLUMNS.items()
+        if kind in kinds
+    }
+    if any(e.get("clip_items") for e in variants):
+        per_item["CLIPScore"] = lambda e: _items(e.get("clip_items"))
+    for title, scores in per_item.items():
+        for bench, ids in benchmarks.items():
+            out[f"{title} {bench}"] = lambda e, f=scores, i=frozenset(ids): _of(f(e), i)
     return out
 
 
@@ -92,6 +107,12 @@ def _paired(a: dict[str, float], b: dict[str, float]) -> Estimate | None:
     return bootstrap_ci([a[i] - b[i] for i in shared]) if shared else None
 
 
+def _same_text(ours: Mapping[str, Any], other: Mapping[str, Any]) -> frozenset[str]:
+    """The item ids both reports give the same text (the items two runs can be paired on)."""
+    a, b = ours.get("items", {}), other.get("items", {})
+    return frozenset(i for i in a if i in b and a[i].get("text") == b[i].get("text"))
+
+
 def paper_table(
     report: Mapping[str, Any], others: Mapping[str, Mapping[str, Any]] | None = None
 ) -> PaperTable:
@@ -109,7 +130,8 @@ def paper_table(
         if merged is None:
             msg = f"report --compare {label}: that run's report has no merged variant"
             raise ValueError(msg)
-        scores[f"merged ({label})"] = {c: f(merged) for c, f in extract.items()}
+        same = _same_text(report, other)
+        scores[f"merged ({label})"] = {c: _of(f(merged), same) for c, f in extract.items()}
     for name, by_col in scores.items():
         table.rows[name] = {c: e for c, s in by_col.items() if (e := _estimate(s)) is not None}
     pairs = [("merged", "base"), ("merged", "joint")]

@@ -54,6 +54,13 @@ def rd(tmp_path) -> RunDir:
             },
             "tifa": None,
             "clip": 0.5 + 0.1 * k,
+            "clip_items": {"vrd_1": 0.4 + 0.1 * k, "coco-00001": 0.6 + 0.1 * k},
+            "preference": {
+                "pickscore": {
+                    "mean": 21.0 + k,
+                    "items": {"vrd_1": 20.0 + k, "coco-00001": 22.0 + 3 * k},
+                }
+            },  # fmt: skip
         }
     rd.write_json(
         {
@@ -85,6 +92,13 @@ def test_report_is_self_contained_with_table_images_and_curves(rd):
     assert n_images == 2 * len(VARIANTS) + 2
     assert "merged &minus; base" in page and "+2.00" in page and "+10.00" in page
     assert "a red cat coco" in page and "DSG dsg1k: relation" in page
+    # preference scores and CLIPScore per benchmark: merged - base is +2 on dsg1k, +6 on skills
+    for metric, cells in (
+        ("PickScore dsg1k", "<td>20.00</td><td>21.00</td><td>22.00</td><td>+2.00</td>"),
+        ("PickScore skills", "<td>22.00</td><td>25.00</td><td>28.00</td><td>+6.00</td>"),
+        ("CLIPScore dsg1k", "<td>0.40</td><td>0.50</td><td>0.60</td><td>+0.20</td>"),
+    ):
+        assert f"<th>{metric}</th>{cells}" in page.replace(' class="up"', ""), metric
     # the per-skill merged - base chart, the skill matrix and, for tiny models, the caveat
     assert '<svg id="merged-minus-base"' in page and ">coco</text>" in page
     assert '<table class="matrix" id="skill-matrix">' in page

@@ -36,14 +36,17 @@ def _entry(shift: float, rng: np.random.Generator) -> dict:
         "clip": None,
         "clip_items": {i: 0.5 + shift / 100 for i in every},
         "preference": {
-            "pickscore": {"mean": 20.0 + shift, "items": {i: 20.0 + shift for i in every}},
+            # the skill prompts score otherwise than the benchmarks' (a column per benchmark)
+            "pickscore": {"mean": 20.0 + shift, "items": {
+                **{i: 20.0 + shift for i in every}, **{i: 30.0 + 2 * shift for i in SKILL_IDS}
+            }},  # fmt: skip
             "imagereward": {"mean": shift / 10, "items": {i: shift / 10 for i in every}},
             "hps": {"mean": 0.25, "items": {i: 0.25 for i in every}},
         },
     }
 
 
-def _report(shifts: dict[str, float], seed: int = 0) -> dict:
+def _report(shifts: dict[str, float], seed: int = 0, skill_text: str = "") -> dict:
     # every variant shares the same per-item draws: a shift moves all of its items alike
     return {
         "variants": {v: _entry(s, np.random.default_rng(seed)) for v, s in shifts.items()},
@@ -51,17 +54,21 @@ def _report(shifts: dict[str, float], seed: int = 0) -> dict:
         "items": {
             **{i: {"text": i, "benchmark": "dsg1k", "category": "x"} for i in DSG_IDS},
             **{i: {"text": i, "benchmark": "tifa", "category": "x"} for i in TIFA_IDS},
-            **{i: {"text": i, "benchmark": "skills", "category": i.split("-")[0]}
+            **{i: {"text": i + skill_text, "benchmark": "skills", "category": i.split("-")[0]}
                for i in SKILL_IDS},
         },  # fmt: skip
     }
+
+
+SCORES = ("PickScore", "ImageReward", "HPS", "CLIPScore")
 
 
 def test_rows_columns_means_and_paired_differences():
     report = _report({"base": 0.0, "expert-coco": 1.0, "joint": 2.0, "merged": 5.0})
     table = paper_table(report)
     assert table.columns == [
-        "DSG dsg1k", "TIFA", "DSG skills", "PickScore", "ImageReward", "HPS", "CLIPScore",
+        "DSG dsg1k", "TIFA", "DSG skills",
+        *(f"{score} {bench}" for score in SCORES for bench in ("dsg1k", "tifa", "skills")),
     ]  # fmt: skip
     assert list(table.rows) == ["base", "joint", "merged"]  # experts live in the skill matrix
     base_dsg = list(report["variants"]["base"]["dsg"]["dsg1k"]["items"].values())
@@ -72,8 +79,13 @@ def test_rows_columns_means_and_paired_differences():
     d = table.deltas["merged - base"]["DSG dsg1k"]
     assert (d.mean, d.low, d.high) == pytest.approx((5.0, 5.0, 5.0))
     assert table.deltas["merged - joint"]["TIFA"].mean == pytest.approx(3.0)
-    assert table.deltas["merged - base"]["HPS"].mean == pytest.approx(0.0)
-    assert table.deltas["merged - base"]["CLIPScore"].mean == pytest.approx(0.05)
+    assert table.deltas["merged - base"]["HPS dsg1k"].mean == pytest.approx(0.0)
+    assert table.deltas["merged - base"]["CLIPScore tifa"].mean == pytest.approx(0.05)
+    # the preference scores per benchmark, each over that benchmark's items alone
+    pick = {b: table.rows["base"][f"PickScore {b}"] for b in ("dsg1k", "tifa", "skills")}
+    assert [(e.mean, e.n) for e in pick.values()] == [(20.0, 6), (20.0, 4), (30.0, 3)]
+    assert table.deltas["merged - base"]["PickScore dsg1k"].mean == pytest.approx(5.0)
+    assert table.deltas["merged - base"]["PickScore skills"].mean == pytest.approx(10.0)
 
 
 def test_markdown_csv_and_html_carry_the_same_numbers():
@@ -84,7 +96,7 @@ def test_markdown_csv_and_html_carry_the_same_numbers():
     assert "+5.0 [+5.0, +5.0]" in md[-1]
     rows = list(csv.DictReader(io.StringIO(to_csv(table))))
     got = {(r["row"], r["metric"]): float(r["mean"]) for r in rows}
-    assert got[("merged - base", "PickScore")] == pytest.approx(5.0)
+    assert got[("merged - base", "PickScore dsg1k")] == pytest.approx(5.0)
     assert got[("base", "DSG dsg1k")] == pytest.approx(table.rows["base"]["DSG dsg1k"].mean)
     assert {r["kind"] for r in rows} == {"model", "difference"}
     page = to_html(table)
@@ -98,6 +110,12 @@ def test_other_runs_merged_model_joins_as_a_labelled_row():
     assert list(table.rows) == ["base", "merged", "merged (ground-truth)"]
     d = table.deltas["merged (ground-truth) - merged"]["TIFA"]
     assert d.mean == pytest.approx(-1.0)
+    # the other run's skill prompts behind the same ids are other prompts: not paired
+    other = _report({"base": 0.0, "merged": 4.0}, skill_text=" (another run's prompt)")
+    table = paper_table(ours, {"other": other})
+    row, delta = table.rows["merged (other)"], table.deltas["merged (other) - merged"]
+    assert "DSG skills" not in row and "PickScore skills" not in delta
+    assert row["DSG dsg1k"].n == len(DSG_IDS) and delta["TIFA"].mean == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="ground-truth"):
         paper_table(ours, {"ground-truth": {"variants": {"base": {}}}})
 
