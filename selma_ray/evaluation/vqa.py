@@ -11,7 +11,9 @@ Backends, picked from the model's config:
 * **VQA heads** (``AutoModelForVisualQuestionAnswering``): BLIP (``Salesforce/blip-vqa-base``,
   ``Salesforce/blip-vqa-capfilt-large``, and ``tiny:vqa``, a random tiny BLIP) answer by
   ``generate``; ViLT (``dandelin/vilt-b32-finetuned-vqa``) by its top answer label;
-  BLIP-2 (``Salesforce/blip2-flan-t5-xl``) by ``generate`` on a ``Question: ... Answer:`` prompt.
+  BLIP-2 (``Salesforce/blip2-flan-t5-xl``) by ``generate`` on a ``Question: ... Answer:`` prompt,
+  or for a multiple-choice question TIFA's own BLIP-2 prompt, which lists the choices
+  (:func:`blip2_prompt`).
 * **Image-text-to-text chat models** (``AutoModelForImageTextToText`` + ``AutoProcessor``):
   e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``, ``llava-hf/llava-1.5-7b-hf``,
   ``HuggingFaceTB/SmolVLM-Instruct`` (the GPU presets' candidates), prompted with the question
@@ -83,6 +85,17 @@ def scored_answer(answer: object, choices: Sequence[str]) -> str:
         named = match_choice(answer, choices)
         return named if named is not None else ("" if answer is None else str(answer))
     return normalize_answer(answer)
+
+
+def blip2_prompt(question: str, choices: Sequence[str]) -> str:
+    """BLIP-2's prompt: BLIP-2's VQA prompt, or with choices the one TIFA's BLIP-2 model uses
+    (``tifascore/vqa_models.py``), so a TIFA score is measured as TIFA measures it."""
+    if choices:
+        return (
+            f"Answer the multiple-choice question. Question: {question} "
+            f"Choices: {', '.join(choices)} Answer:"
+        )
+    return f"Question: {question} Answer:"
 
 
 def chat_prompt(question: str, choices: Sequence[str]) -> str:
@@ -294,7 +307,7 @@ class VQAScorer:
                 return [str(labels[int(i)]) for i in logits.argmax(-1).tolist()]
             if self.backend in ("generate", "blip2"):
                 texts = (
-                    [f"Question: {q} Answer:" for q in questions]
+                    [blip2_prompt(q, c) for q, c in zip(questions, choices, strict=True)]
                     if self.backend == "blip2"
                     else list(questions)
                 )

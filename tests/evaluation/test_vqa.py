@@ -98,7 +98,7 @@ def test_backend_answers_a_batch_with_and_without_choices(scorers, uris, ref):
     if scorer.backend == "classify":
         assert set(plain["answer"]) <= set(VILT_ANSWERS)
         assert set(scorer.model.config.id2label.values()) == set(VILT_ANSWERS)
-    if scorer.backend != "chat":  # only the chat prompt names the choices
+    if scorer.backend not in ("chat", "blip2"):  # only their prompts name the choices
         assert list(plain["answer"]) == list(tifa["answer"])
 
 
@@ -110,11 +110,19 @@ def test_backend_gives_the_same_answers_when_loaded_again(scorers, uris, ref):
 
 
 def test_blip2_generates_on_a_question_answer_prompt(scorers, uris, monkeypatch):
+    """BLIP-2's VQA prompt, and for a multiple-choice question TIFA's BLIP-2 prompt (TIFA's
+    tifascore/vqa_models.py), which lists the choices."""
     scorer = scorers["tiny:blip2-flan-t5"]
     spy = _Spy(scorer.processor)
     monkeypatch.setattr(scorer, "processor", spy)
     out = scorer(_batch(uris, with_choices=True))
-    assert spy.texts == [f"Question: {q} Answer:" for q in QUESTIONS]
+    assert any(CHOICES) and not all(CHOICES)
+    assert spy.texts == [
+        f"Answer the multiple-choice question. Question: {q} Choices: {', '.join(c)} Answer:"
+        if c
+        else f"Question: {q} Answer:"
+        for q, c in zip(QUESTIONS, CHOICES, strict=True)
+    ]
     # encoder-decoder: generate returns only the answer, never the prompt
     assert not any("Question" in a for a in out["answer"])
 
