@@ -4,7 +4,9 @@
 (``openai/clip-vit-large-patch14``, a local path, ``tiny:clip``, or ``tiny:clip-vit-l``, the
 ViT-L/14 stand-in) and maps a batch of ``{"image_uri", "text"}`` rows to ``clip_score``
 (``2.5 * max(cos, 0)``, see :func:`selma_ray.evaluation.scoring.clip_score`) from the projected
-image and text embeddings.
+image and text embeddings, the text read as Hessel et al.'s reference ``clipscore.py`` reads a
+caption: after :data:`CLIPSCORE_PREFIX`. The scale is theirs, 0 to 2.5 (not torchmetrics' 0 to
+100, which drops the prefix); their numbers were measured with ViT-B/32.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class ImageTextScorer:
         return out
 
 
+#: What CLIPScore's reference implementation puts before every caption.
+CLIPSCORE_PREFIX = "A photo depicts "
+
+
 class ClipScorer(ImageTextScorer):
     """CLIPScore of each row's image against its text."""
 
@@ -100,5 +106,5 @@ class ClipScorer(ImageTextScorer):
     def score(self, images: Sequence[Any], texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros(0)
-        img, txt = self.embeddings(images, texts)
+        img, txt = self.embeddings(images, [CLIPSCORE_PREFIX + t for t in texts])
         return np.atleast_1d(clip_score(img, txt))

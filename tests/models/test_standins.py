@@ -235,10 +235,12 @@ def test_clip_vit_l_stand_in_has_vit_l14_layout_and_scores():
     texts = ["a red cat on a table", "two blue dogs"]
     scores = scorer.score(images, texts)
     # independent reference: the model's own feature heads, cosine, CLIPScore's 2.5 * max(cos, 0)
+    # of the caption after the reference implementation's "A photo depicts " (clipscore.py)
     model = scorer.model
     with torch.no_grad():
         pix = scorer.processor(images=images, return_tensors="pt").pixel_values
-        tok = scorer.processor(text=texts, return_tensors="pt", padding=True)
+        captions = [f"A photo depicts {t}" for t in texts]
+        tok = scorer.processor(text=captions, return_tensors="pt", padding=True)
         img = model.get_image_features(pixel_values=pix)
         txt = model.get_text_features(**tok)
     img = getattr(img, "pooler_output", img)
