@@ -490,6 +490,9 @@ class _Trainer:
             for m in (te, te2):
                 if m is not None:
                     m.gradient_checkpointing_enable()
+                    # transformers checkpoints a layer only in training mode (CLIP's dropout
+                    # is 0, so the mode changes nothing else)
+                    m.train()
         if cfg.compile:  # in place: parameter names (the LoRA state's keys) stay as they are
             self.comps.unet.compile(**COMPILE_OPTIONS)
 
