@@ -8,9 +8,12 @@ Image struct ``{bytes, path}``) or WebDataset (``.tar`` shards: files sharing a 
 rows in file order); :func:`import_skill` copies them into the run's
 ``images/<skill>/`` imagefolder exactly as stage 2 writes generated images (same metadata
 columns; ``prompt_id`` ``<skill>-gt<index>``; ``model`` ``data:<uri>``), so training, the
-held-out split, evaluation and serving read them the same way. A pair whose image does not
-decode or whose caption is missing is skipped and counted by reason; only a skill with no
-usable pair raises, naming the skill and the URI. Files already imported are kept (resume).
+held-out split, evaluation and serving read them the same way. PNG and JPEG images are copied
+as they are, any other format is converted to PNG. A pair whose metadata row cannot be read
+(``bad_metadata``), whose image does not decode (``corrupt_image``) or is past PIL's
+decompression-bomb limit (``too_large``), or whose caption or image is missing is skipped and
+counted by reason; only a skill with no usable pair raises, naming the skill and the URI. Files
+already imported are kept (resume).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ __all__ = ["RawPair", "detect_format", "import_skill", "read_pairs"]
 _WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 #: An imagefolder's metadata: the run's own file name (JSON lines), or its CSV form.
 _METADATA_CSV = "metadata.csv"
-_FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+#: Formats copied as they are; any other (WebP, GIF, BMP, TIFF, MPO...) is converted to PNG.
+_FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class RawPair:
     text: str | None
     image: bytes | None
     source: str
+    #: the row itself could not be read (not UTF-8 JSON, not an object)
+    unreadable: bool = False
 
 
 def _fs(uri: str) -> tuple[Any, str]:
@@ -98,17 +104,35 @@ def _imagefolder(data: SkillData) -> Iterator[RawPair]:
     image_col = data.image_column or "file_name"
     text_col = data.text_column or "text"
     jsonl = posixpath.join(root, METADATA_FILE)
+    rows: list[Any]
     if fs.exists(jsonl):
-        with fs.open(jsonl, "r") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = []
+        for line in fs.cat_file(jsonl).removeprefix(b"\xef\xbb\xbf").splitlines():
+            if not line.strip():
+                continue
+            try:  # a row that is not UTF-8 JSON is skipped and counted, not fatal
+                rows.append(json.loads(line.decode("utf-8")))
+            except (UnicodeDecodeError, ValueError):
+                rows.append(None)
     else:
-        with fs.open(posixpath.join(root, _METADATA_CSV), "r", newline="") as f:
+        with fs.open(
+            posixpath.join(root, _METADATA_CSV), "r", newline="", encoding="utf-8-sig",
+            errors="replace",
+        ) as f:  # fmt: skip
             rows = list(csv.DictReader(f))
     for n, row in enumerate(rows, start=1):
-        name = row.get(image_col)
         where = f"metadata line {n}"
+        if not isinstance(row, dict):
+            yield RawPair(None, None, where, unreadable=True)
+            continue
+        name = row.get(image_col)
         image = None
-        if isinstance(name, str) and name and ".." not in name.split("/"):
+        if (
+            isinstance(name, str)
+            and name
+            and not name.startswith("/")
+            and ".." not in name.split("/")
+        ):
             try:
                 image = fs.cat_file(posixpath.join(root, name))
             except (OSError, ValueError):
@@ -187,17 +211,19 @@ def read_pairs(data: SkillData) -> Iterator[RawPair]:
     yield from _READERS[detect_format(data)](data)
 
 
-def _suffix(image: bytes) -> str | None:
-    """The file suffix of decodable image bytes, or None when they do not decode."""
+def _decode(image: bytes) -> tuple[str | None, str | None]:
+    """(the image's format, None), or (None, why it is skipped: ``corrupt_image``, or
+    ``too_large`` past PIL's decompression-bomb limit)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(image)) as img:
             img.load()
-            fmt = img.format
+            return img.format or "", None
+    except Image.DecompressionBombError:
+        return None, "too_large"
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
-    return _FORMAT_SUFFIX.get(fmt or "", ".png")
+        return None, "corrupt_image"
 
 
 def _as_png(image: bytes) -> bytes:
@@ -220,19 +246,22 @@ def import_skill(run_dir: RunDir, skill: str, data: SkillData) -> dict[str, Any]
     for raw in read_pairs(data):
         if data.max_pairs is not None and len(rows) >= data.max_pairs:
             break
+        if raw.unreadable:
+            skipped["bad_metadata"] += 1
+            continue
         if raw.text is None:
             skipped["no_caption"] += 1
             continue
         if raw.image is None:
             skipped["no_image"] += 1
             continue
-        suffix = _suffix(raw.image)
-        if suffix is None:
-            skipped["corrupt_image"] += 1
-            log.debug("data %s: %s does not decode as an image", data.uri, raw.source)
+        image_format, why = _decode(raw.image)
+        if image_format is None:
+            skipped[why or "corrupt_image"] += 1
+            log.debug("data %s: %s: %s", data.uri, raw.source, why)
             continue
-        image = raw.image
-        if suffix == ".webp":  # the imagefolder keeps stage 2's formats: PNG or JPEG
+        image, suffix = raw.image, _FORMAT_SUFFIX.get(image_format)
+        if suffix is None:  # the imagefolder keeps stage 2's formats: PNG or JPEG
             image, suffix = _as_png(image), ".png"
         prompt_id = f"{skill}-gt{len(rows):06d}"
         name = f"{prompt_id}{suffix}"

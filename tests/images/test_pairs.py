@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -115,6 +116,46 @@ def test_import_writes_stage_2s_imagefolder_counts_bad_rows_and_resumes(tmp_path
     # rerun: nothing copied again; max_pairs limits the import
     assert import_skill(rd, "mine", data)["imported_now"] == 0
     assert import_skill(rd, "two", data.model_copy(update={"max_pairs": 2}))["pairs"] == 2
+
+
+def test_unreadable_rows_odd_formats_and_bombs_are_skipped_or_converted_not_fatal(tmp_path):
+    """A metadata line that is not UTF-8 JSON, an absolute file name and an image past PIL's
+    decompression-bomb limit are skipped and counted; GIF / BMP / TIFF / WebP images become PNG
+    files (the imagefolder holds PNG and JPEG, named for what they are)."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    odd = {"gif": "GIF", "bmp": "BMP", "tif": "TIFF", "webp": "WEBP", "jpg": "JPEG"}
+    lines = [b"\xef\xbb\xbf" + json.dumps({"file_name": "img0.png", "text": "first"}).encode()]
+    (root / "img0.png").write_bytes(_img(0))
+    for i, (ext, fmt) in enumerate(odd.items(), start=1):
+        (root / f"img{i}.{ext}").write_bytes(_img(i, fmt))
+        lines.append(json.dumps({"file_name": f"img{i}.{ext}", "text": f"odd {ext}"}).encode())
+    lines.append(b'{"file_name": "img0.png", "text": "caf\xe9 in latin-1"}')  # not UTF-8
+    lines.append(b'{"file_name": "img0.png", "text": ')  # cut off
+    lines.append(b'["a list, not an object"]')
+    lines.append(json.dumps({"file_name": str(root / "img0.png"), "text": "absolute"}).encode())
+    bomb = io.BytesIO()
+    Image.new("L", (1, 1)).save(bomb, format="PNG")
+    raw = bytearray(bomb.getvalue())
+    raw[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR: 30000 x 30000, past the bomb limit
+    raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")  # the chunk's CRC
+    (root / "bomb.png").write_bytes(bytes(raw))
+    lines.append(json.dumps({"file_name": "bomb.png", "text": "huge"}).encode())
+    (root / "metadata.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+    rd = RunDir(str(tmp_path / "run"))
+    info = import_skill(rd, "mine", SkillData(uri=str(root)))
+    assert info["skipped"] == {"bad_metadata": 3, "no_image": 1, "too_large": 1}
+    rows = rd.read_jsonl("images", "mine", "metadata.jsonl")
+    assert [r["text"] for r in rows] == ["first", *(f"odd {ext}" for ext in odd)]
+    names = [r["file_name"] for r in rows]
+    assert [n.rsplit(".", 1)[1] for n in names] == ["png", "png", "png", "png", "png", "jpg"]
+    sources = ["PNG", *odd.values()]
+    for i, (name, fmt) in enumerate(zip(names, sources, strict=True)):
+        data = rd.read_bytes("images", "mine", name)
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == ("JPEG" if fmt == "JPEG" else "PNG")
+        assert np.array_equal(_pixels(data), _pixels(_img(i, fmt))), fmt  # the source's pixels
 
 
 def test_unusable_data_names_the_skill_and_the_fix(tmp_path):
