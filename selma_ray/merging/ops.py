@@ -27,9 +27,11 @@ Ranks. No method here needs equal ranks: ``linear`` / ``cat`` concatenate factor
 work on full ``delta_W``. (PEFT's own factor-wise ``linear`` / ``ties`` / ``dare_*``, which do
 need equal ranks, are not used.) What must agree is the set of modules and their shapes.
 
-The merged LoRA always has scale 1: its alpha equals its rank, returned as a number when every
-module has the same rank, else as a ``{module: rank}`` mapping (the SVD rank is capped per
-module at ``min(out, in)``).
+The merged LoRA applies each module's merged update exactly (scale 1) under ONE alpha, its
+largest rank, returned as a number: a module of lower rank ``r`` (the SVD rank is capped per
+module at ``min(out, in)``) has its ``B`` multiplied by ``r / alpha``, so ``alpha / r * B' A``
+is the update. No per-module ``alpha_pattern`` is written, which LoRA hot-swap requires (PEFT
+swaps only between adapters with equal alpha patterns; the experts have none).
 """
 
 from __future__ import annotations
@@ -187,9 +189,15 @@ def _out_dtype(states: Sequence[Mapping[str, Tensor]], plan: MergePlan) -> torch
     return dtype if dtype.is_floating_point else torch.float32
 
 
-def _merged_alpha(ranks: Mapping[str, int]) -> Alpha:
-    values = set(ranks.values())
-    return float(values.pop()) if len(values) == 1 else {m: float(r) for m, r in ranks.items()}
+def _one_alpha(merged: dict[str, Tensor], plan: MergePlan, ranks: Mapping[str, int]) -> float:
+    """The merged LoRA's one alpha (its largest rank), each lower-rank module's scale folded
+    into its ``B`` (module doc)."""
+    alpha = max(ranks.values())
+    for m, (_, b_key) in plan.modules.items():
+        if ranks[m] != alpha:
+            b = merged[b_key]
+            merged[b_key] = (b.double() * (ranks[m] / alpha)).to(b.dtype)
+    return float(alpha)
 
 
 def merge_planned(
@@ -214,7 +222,7 @@ def merge_planned(
         report.ranks[m] = r
         if plan.method in SVD_METHODS:
             report.relative_error[m] = err
-    return merged, _merged_alpha(report.ranks), report
+    return merged, _one_alpha(merged, plan, report.ranks), report
 
 
 def merge_loras_with_report(
@@ -262,7 +270,8 @@ def merge_loras(
     names: Sequence[str] | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[dict[str, Tensor], Alpha]:
-    """Merge LoRA experts into one LoRA; returns ``(state, alpha)`` with scale 1 everywhere.
+    """Merge LoRA experts into one LoRA; returns ``(state, alpha)``: each module's merged
+    update applied exactly under one alpha (module doc).
 
     ``states``: diffusers-format LoRA state dicts; ``alphas``: each expert's alpha (number or
     ``{module: alpha}``); ``method``: one of :data:`~selma_ray.merging.methods.METHODS` (see the
@@ -270,8 +279,7 @@ def merge_loras(
     fraction for ties / dare; ``svd_rank``: target rank of the SVD methods (default the sum of
     the experts' ranks, capped per module at ``min(out, in)``); ``seed``: DARE's random masks;
     ``names``: expert names for error messages; ``device``: where to compute (the result is on
-    the CPU, in the first expert's dtype). The returned alpha is a number when every module has
-    the same rank, else ``{module: rank}``.
+    the CPU, in the first expert's dtype). The returned alpha is a number: the largest rank.
     """
     merged, alpha, _ = merge_loras_with_report(
         states, alphas, method, weights, density, svd_rank, seed, names=names, device=device

@@ -7,8 +7,8 @@ directory (its LoRA file ``layout.expert_lora(skill)`` and its record
 density, svd_rank; DARE seeded from ``cfg.seed``) and writes:
 
 * ``layout.merged_lora()`` -- the merged LoRA in diffusers format, with LoRA adapter metadata
-  (rank, alpha = rank, target modules) so that ``pipe.load_lora_weights`` on its folder
-  applies it at the right scale;
+  (ranks, one alpha: the largest rank, target modules) so that ``pipe.load_lora_weights`` on
+  its folder applies it at the right scale;
 * ``layout.merged_card()`` -- a model card: base model, experts (steps, selected step),
   weights, method, how to load it with diffusers;
 * ``layout.merged_pipeline()`` -- only with ``merge.export_fused``: the base pipeline with the

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import logging
 import os
@@ -381,22 +382,30 @@ class VariantPipeline:
                  if "lora_A" in k or "lora.down" in k]  # fmt: skip
         self.pipe.enable_lora_hotswap(target_rank=max(ranks))
         self._swap_in(BASE, hotswap=False)
+        # every variant swaps in once now: one that cannot (other modules, another alpha
+        # pattern) stops the replica here, naming it, instead of failing its first request and
+        # leaving the slot deleted (diffusers drops it when a hot-swap fails)
+        for variant in self.spec.adapters:
+            self._swap_in(variant)
+        self._swap_in(BASE)
         self.adapter_names = {v: HOTSWAP_SLOT for v in self.spec.adapters}
 
     def _swap_in(self, variant: str, *, hotswap: bool = True) -> None:
         """Copy ``variant``'s LoRA into the slot (its tensors cloned: diffusers may keep the
-        ones it is given as the slot's own, and later swaps write into those)."""
+        ones it is given as the slot's own, and later swaps write into those; its metadata
+        copied: preparing the slot rewrites the first config's ``rank_pattern`` to the slot's
+        rank, which would give that variant's lower-rank modules the wrong scale later)."""
         state, alphas, metadata = self._states[variant]
         try:
             with _quiet_lora_loading():
                 self.pipe.load_lora_into_unet(
                     {k: t.clone() for k, t in state.items()},
-                    alphas,
+                    copy.deepcopy(alphas),
                     unet=self.pipe.unet,
                     adapter_name=HOTSWAP_SLOT,
                     _pipeline=self.pipe,
                     hotswap=hotswap,
-                    metadata=metadata,
+                    metadata=copy.deepcopy(metadata),
                 )
         except (ValueError, RuntimeError, KeyError) as e:
             msg = (

@@ -12,6 +12,7 @@ from selma_ray.merging import (
     merge_loras,
     read_lora_bytes,
 )
+from selma_ray.merging.state import module_ranks
 
 # --------------------------------------------------------------------------- (b) diffusers
 
@@ -42,8 +43,8 @@ def test_merged_file_matches_set_adapters_in_diffusers(
 def test_per_module_alpha_file_loads_in_diffusers(sd_path, loaded, make_pipe, tmp_path):
     """rank_pattern / alpha_pattern metadata: diffusers applies each module's delta exactly."""
     states, alphas = loaded
-    merged, alpha = merge_loras(states, alphas, "ties", svd_rank=40)
-    assert isinstance(alpha, dict)
+    merged, _ = merge_loras(states, alphas, "ties", svd_rank=40)  # ranks 32 and 40
+    alpha = {m: 0.5 * r + i for i, (m, r) in enumerate(module_ranks(merged).items())}
     (tmp_path / layout.LORA_FILE).write_bytes(lora_file_bytes(merged, alpha))
     state, md = read_lora_bytes((tmp_path / layout.LORA_FILE).read_bytes())
     assert alpha_from_metadata(state, md) == alpha

@@ -114,10 +114,17 @@ def test_svd_ties_dare_shapes_ranks_and_seeds(loaded, spec):
     assert svd_alpha == float(sum(spec.ranks)) and report.summary()["max_relative_error"] < 1e-5
     for m, d in delta_weights(svd, svd_alpha).items():
         assert torch.allclose(d, exact[m], atol=1e-5)
-    # a rank above min(out, in) is capped per module: alpha becomes per module (= its rank)
-    ties, ties_alpha = merge_loras(states, alphas, "ties", svd_rank=40)
-    assert isinstance(ties_alpha, dict) and set(module_ranks(ties).values()) == {32, 40}
-    assert ties_alpha == {m: float(r) for m, r in module_ranks(ties).items()}
+    # a rank above min(out, in) is capped per module; one alpha (the largest rank) still
+    # applies every module's update exactly: a lower-rank module's B carries r / alpha
+    ties, ties_alpha, report = merge_loras_with_report(states, alphas, "ties", svd_rank=40)
+    assert ties_alpha == 40.0 and set(module_ranks(ties).values()) == {32, 40}
+    ranks = module_ranks(ties)
+    per_module = {m: float(r) for m, r in ranks.items()}  # scale 1 everywhere
+    unfolded = dict(ties)
+    for m, (_, b_key) in lora_modules(ties).items():
+        unfolded[b_key] = ties[b_key] * (40 / ranks[m])
+    got, want = delta_weights(ties, ties_alpha), delta_weights(unfolded, per_module)
+    assert all(torch.allclose(got[m], want[m], rtol=1e-5, atol=1e-7) for m in want)
     # DARE is reproducible from the seed and leaves the global RNG alone
     state_before = torch.get_rng_state()
     one, _ = merge_loras(states, alphas, "dare_ties", seed=7)

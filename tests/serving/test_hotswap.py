@@ -64,6 +64,55 @@ def test_hotswapped_variants_draw_what_a_fresh_pipeline_with_that_lora_draws(mix
     assert swapping.stats["switches"] == len(ORDER) + 1  # base first, at load
 
 
+def test_a_merge_with_per_module_ranks_hotswaps_with_its_experts(tiny_models, tmp_path):
+    """A TIES merge whose rank is capped per module (min(out, in)): its file used to carry a
+    per-module alpha pattern, which PEFT refuses to hot-swap with the experts' (none), so the
+    first switch failed and took the slot with it; and preparing the slot rewrote its stored
+    rank pattern, so its capped modules were drawn at the wrong scale."""
+    import numpy as np
+
+    from selma_ray.merging import alpha_from_metadata, lora_file_bytes, merge_loras
+    from selma_ray.merging import read_lora_bytes as read
+    from selma_ray.merging.state import module_ranks
+    from selma_ray.serving.model import VariantPipeline, discover_variants, make_random_run_dir
+
+    spec = make_random_run_dir(str(tmp_path / "run"), rank=24, seed=4)
+    rd = RunDir(spec.run_dir)
+    experts = [read(rd.read_bytes(*layout.expert_lora(s))) for s in ("countbench", "whoops")]
+    merged, alpha = merge_loras(
+        [st for st, _ in experts], [alpha_from_metadata(st, md) for st, md in experts], "ties",
+        svd_rank=48,
+    )  # fmt: skip
+    assert len(set(module_ranks(merged).values())) > 1  # capped in the narrower modules
+    rd.write_bytes(lora_file_bytes(merged, alpha), *layout.merged_lora())
+    spec = dataclasses.replace(discover_variants(rd), hotswap=True)
+    swapping = VariantPipeline(spec, device="cpu", torch_threads=1)
+    for variant in ORDER:
+        expected = _fresh(spec, variant).draw(_job(variant))
+        diff = np.abs(swapping.draw(_job(variant)).astype(int) - expected.astype(int))
+        assert diff.max() <= 1, variant  # the padded slot may round a last bit otherwise
+
+
+def test_a_variant_that_cannot_hotswap_stops_the_replica_at_start(mixed_ranks, tmp_path):
+    """A merged LoRA adapting fewer modules than the slot was built for: refused when the
+    replica starts, naming the variant, not on its first request."""
+    import shutil
+
+    from selma_ray.merging import lora_file_bytes, read_lora_bytes
+    from selma_ray.serving.model import VariantPipeline, discover_variants
+
+    root = tmp_path / "run"
+    shutil.copytree(mixed_ranks.run_dir, root)
+    rd = RunDir(str(root))
+    state, _ = read_lora_bytes(rd.read_bytes(*layout.merged_lora()))
+    fewer = {k: v for k, v in state.items() if "attn2" not in k}
+    assert len(fewer) < len(state)
+    rd.write_bytes(lora_file_bytes(fewer, 8.0), *layout.merged_lora())
+    spec = dataclasses.replace(discover_variants(rd), hotswap=True)
+    with pytest.raises(ValueError, match="hot-swap variant 'countbench'.*unexpected keys"):
+        VariantPipeline(spec, device="cpu", torch_threads=1)
+
+
 @pytest.mark.slow
 def test_a_compiled_unet_switches_variants_without_recompiling(mixed_ranks, monkeypatch):
     """``torch._dynamo`` raises on any recompile here. With hot-swap a compiled replica goes
