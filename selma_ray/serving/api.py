@@ -166,9 +166,9 @@ class ImageGenerationRequest(BaseModel):
 
     prompt: StrictStr
     model: StrictStr | None = None
-    n: StrictInt = 1
+    n: StrictInt | None = None  # null: the default, 1 (as OpenAI's API reads it)
     size: StrictStr | None = None
-    response_format: StrictStr = "b64_json"
+    response_format: StrictStr | None = None  # null: the default, b64_json
     # extensions (not in OpenAI's API)
     seed: StrictInt | None = None
     num_inference_steps: StrictInt | None = None
@@ -294,7 +294,7 @@ def parse_generation_request(
         if len(text) > MAX_PROMPT_CHARS:
             msg = f"{name}: {len(text)} characters; at most {MAX_PROMPT_CHARS} are accepted"
             raise APIError(400, msg, param=name, code="invalid_value")
-    if req.response_format != "b64_json":
+    if req.response_format not in (None, "b64_json"):
         msg = (
             f"response_format: {req.response_format[:20]!r} is not supported; this server "
             "returns images inline only: use 'b64_json'"
@@ -306,17 +306,19 @@ def parse_generation_request(
     if req.stream:
         msg = "stream: streaming is not supported; leave it out or set it to false"
         raise APIError(400, msg, param="stream", code="invalid_value")
-    n = _bounded("n", req.n, 1, limits.max_n, " (serve.max_n)")
+    n = _bounded("n", 1 if req.n is None else req.n, 1, limits.max_n, " (serve.max_n)")
     if req.size is None:
         width, height = defaults.width, defaults.height
     else:
         width, height = parse_size(req.size, limits.max_size)
     steps = defaults.steps if req.num_inference_steps is None else req.num_inference_steps
     steps = _bounded("num_inference_steps", steps, 1, limits.max_steps, " (serve.max_steps)")
-    guidance = defaults.guidance_scale if req.guidance_scale is None else float(req.guidance_scale)
-    if not 0.0 <= guidance <= MAX_GUIDANCE:
-        msg = f"guidance_scale: {guidance} is out of range; give 0 to {MAX_GUIDANCE:g}"
+    guidance = defaults.guidance_scale if req.guidance_scale is None else req.guidance_scale
+    if not 0 <= guidance <= MAX_GUIDANCE:  # compared before float(): an int may not fit one
+        shown = str(guidance) if len(str(guidance)) <= 20 else str(guidance)[:17] + "..."
+        msg = f"guidance_scale: {shown} is out of range; give 0 to {MAX_GUIDANCE:g}"
         raise APIError(400, msg, param="guidance_scale", code="invalid_value")
+    guidance = float(guidance)
     if req.seed is None:
         seed = random_seed() if random_seed is not None else secrets.randbelow(2**31)
     else:

@@ -77,6 +77,9 @@ def test_valid_request_gets_defaults_and_consecutive_seeds():
     assert full.num_inference_steps == 20
     assert full.negative_prompt == "blur" and full.guidance_scale == 0.0
     assert 0 <= parse({"prompt": "x"}, random_seed=lambda: 5).seed == 5
+    # null is the default, as OpenAI's API reads it
+    nulls = parse({"prompt": "x", "n": None, "response_format": None, "seed": 10})
+    assert nulls.n == 1 and nulls.seeds == (10,)
 
 
 @pytest.mark.parametrize("model", ["nope", "../etc/passwd", "/etc/passwd", "merged/../base", ""])
@@ -100,6 +103,7 @@ def test_unknown_models_are_404_without_touching_files(model):
         ({"prompt": "x", "num_inference_steps": 21}, "num_inference_steps"),
         ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
         ({"prompt": "x", "guidance_scale": -1}, "guidance_scale"),
+        ({"prompt": "x", "guidance_scale": 10**400}, "guidance_scale"),  # no float holds it
         ({"prompt": "x", "seed": -1}, "seed"),
         ({"prompt": "x", "response_format": "url"}, "response_format"),
         ({"prompt": "x", "output_format": "jpeg"}, "output_format"),
