@@ -195,11 +195,35 @@ def clean_item(text: str) -> str:
     return text
 
 
+def _continues(item: str, line: str) -> bool:
+    """Whether an unnumbered ``line`` right after ``item`` is the item wrapped onto a new line:
+    it goes on mid-sentence (a lowercase word, a digit, punctuation), or the item ends with a
+    comma, a colon or a conjunction. A line that starts a new sentence ("I hope these help!",
+    "Note: ...") is a remark, not part of the prompt."""
+    head = line.lstrip()[:1]
+    if not head:
+        return False
+    if item.rstrip().endswith((",", ";", "-", "\u2014")):
+        return True
+    last = item.rstrip().rsplit(" ", 1)[-1].lower()
+    if last in _JOINING_WORDS:
+        return True
+    return not head.isupper()
+
+
+#: Words an item that wraps onto the next line may end with (the sentence obviously goes on).
+_JOINING_WORDS = frozenset(
+    "a an the and or of with in on at to by for from while as its their his her".split()
+)
+
+
 def split_items(text: str) -> list[str]:
     """Raw list items of a response, in order: numbered or bulleted lines, wrapped lines joined.
 
-    Unnumbered lines before the first item (a preamble) or after a blank line (a closing
-    remark) are not items. A response with no list markers at all is read one item per line.
+    Unnumbered lines before the first item (a preamble), after a blank line, or starting a new
+    sentence after an item (a closing remark: :func:`_continues`) are not items. A response
+    with no list markers at all is read one item per line, less lines ending in a colon (a
+    preamble: "Here are three new prompts:").
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     has_markers = any(_NUMBERED.match(line) or _BULLET.match(line) for line in lines)
@@ -214,9 +238,12 @@ def split_items(text: str) -> list[str]:
             items.append(m.group(m.lastindex or 1))
             open_item = True
         elif not has_markers:
-            items.append(line)
-        elif open_item:
+            if not line.rstrip().endswith(":"):
+                items.append(line)
+        elif open_item and _continues(items[-1], line):
             items[-1] = f"{items[-1]} {line.strip()}"
+        else:
+            open_item = False  # a remark ends the item; later unnumbered lines are not in it
     return items
 
 

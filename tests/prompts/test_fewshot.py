@@ -75,6 +75,30 @@ def test_unnumbered_response_is_read_line_by_line():
     ]
 
 
+def test_closing_remarks_and_preambles_are_not_prompts():
+    """A remark right after the last item (no blank line) starts a new sentence: not glued onto
+    the item; a reply without list markers loses its preamble line (ending in a colon). Wrapped
+    items still join: a line going on mid-sentence, or after a comma or a joining word."""
+    assert split_items(
+        "4. A brown dog running in a park\n5. Two cats on a red sofa\nI hope these prompts help!"
+    ) == ["A brown dog running in a park", "Two cats on a red sofa"]
+    assert split_items("1. A red kite over a beach\nNote: each prompt is under 30 words.") == [
+        "A red kite over a beach"
+    ]
+    assert split_items("Sure! Here are three new prompts for you:\nA cat on a mat.\nA dog.") == [
+        "A cat on a mat.",
+        "A dog.",
+    ]
+    assert split_items(
+        "7. A chef slicing onions,\n   Steam rising behind him\n8. A bus parked beside\n"
+        "   the old market\n9. Two owls on a branch of\n   Old oak trees"
+    ) == [
+        "A chef slicing onions, Steam rising behind him",
+        "A bus parked beside the old market",
+        "Two owls on a branch of Old oak trees",
+    ]
+
+
 def test_empty_response():
     res = parse_response("", word_limit=30)
     assert res.items == [] and res.candidates == 0
