@@ -334,8 +334,17 @@ class ImagesConfig(Section):
     guidance_scale: float = Field(7.5, ge=0)
     negative_prompt: str = ""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "float32"
-    attention: Literal["sdpa", "default"] = Field("sdpa", json_schema_extra=RUNTIME)
-    compile: bool = Field(False, description="torch.compile the UNet.", json_schema_extra=RUNTIME)
+    attention: Literal["sdpa", "default"] = Field(
+        "sdpa",
+        description=(
+            "Attention processor: sdpa (torch's scaled_dot_product_attention) or default "
+            "(diffusers' AttnProcessor). Changes float sums: part of the stage fingerprint."
+        ),
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the UNet. Changes float sums: part of the stage fingerprint.",
+    )
     channels_last: bool = Field(
         False,
         description=(

@@ -214,6 +214,13 @@ def test_fingerprint_ignores_runtime_fields():
     fa, fb, fc = (fingerprint_hash(x.fingerprint(("prompts",))) for x in (a, b, c))
     assert fa == fb
     assert fa != fc
+    # what changes an image's bytes is part of the images fingerprint, as channels_last is
+    base = fingerprint_hash(a.fingerprint(("images",)))
+    for change in ("images.attention=default", "images.compile=true", "images.channels_last=true"):
+        other = load_config(overrides=[change]).fingerprint(("images",))
+        assert fingerprint_hash(other) != base, change
+    pool = load_config(overrides=["images.pool.max_size=7"]).fingerprint(("images",))
+    assert fingerprint_hash(pool) == base
 
 
 def test_resolved_config_roundtrips():
