@@ -1,9 +1,10 @@
 """The run directory: every stage's outputs and the manifest, on any fsspec URI.
 
 A run directory is a local path, ``file://``, ``memory://`` (tests) or a cloud URI (``s3://``,
-``gs://`` with s3fs / gcsfs installed: the ``cloud`` extra). Writes are atomic: a reader never
-sees half a file, and a killed writer never leaves one behind, so a rerun can trust whatever
-exists.
+``gs://`` with s3fs / gcsfs installed: the ``cloud`` extra), or any other fsspec filesystem.
+Writes are atomic: a reader never sees half a file, and a killed writer never leaves one behind
+under the file's name, so a rerun can trust whatever exists (an object store's PUT is atomic;
+elsewhere a temp file is renamed into place).
 
 Object stores: the filesystem is opened without fsspec's listing cache (Ray workers in other
 processes write the files this process lists), and "directories" are never created (a
@@ -130,7 +131,9 @@ class RunDir:
 
     # atomic writing
     def write_bytes(self, data: bytes, *parts: str) -> None:
-        """Write a whole file atomically (temp file + rename locally; one PUT on object stores)."""
+        """Write a whole file atomically: temp file + rename locally, one PUT on object stores,
+        and on any other filesystem (sftp, hdfs, memory, ...) a temp file moved into place,
+        then that folder's cached listing dropped (other processes list what this one wrote)."""
         target = self.path(*parts)
         parent = posixpath.dirname(target)
         if parent and not self.is_object_store:
@@ -142,8 +145,13 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        else:
+        elif self.is_object_store:
             self.fs.pipe_file(target, data)
+        else:
+            tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, target)
+            self.fs.invalidate_cache(parent)
 
     def write_text(self, text: str, *parts: str) -> None:
         self.write_bytes(text.encode(), *parts)

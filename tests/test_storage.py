@@ -34,6 +34,23 @@ def test_local_write_leaves_no_temp_files(tmp_path):
     assert rd.read_text("f.txt") == "v2"
 
 
+def test_a_write_on_another_filesystem_goes_through_a_temp_file_moved_into_place(monkeypatch):
+    """Neither local disk nor an object store (fsspec's memory://, as sftp or hdfs would be):
+    the bytes go to a temp file that is then renamed, so a killed writer never leaves half a
+    file under the real name, and no temp file stays behind."""
+    rd = RunDir(f"memory://selma-test-{os.getpid()}-atomic/run")
+    assert not rd.is_local and not rd.is_object_store
+    written: list[str] = []
+    pipe = rd.fs.pipe_file
+    monkeypatch.setattr(
+        rd.fs, "pipe_file", lambda path, data: written.append(path) or pipe(path, data)
+    )
+    for i in range(3):
+        rd.write_text(f"v{i}", "d", "f.txt")
+    assert rd.listdir("d") == ["f.txt"] and rd.read_text("d", "f.txt") == "v2"
+    assert len(written) == 3 and all(".tmp-" in p and not p.endswith("f.txt") for p in written)
+
+
 def test_manifest_records_and_diffs(run_dir):
     m = Manifest(run_dir)
     fp = {"seed": 0, "prompts": {"num_prompts": 5, "engine": "scene-graph"}}
