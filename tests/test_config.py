@@ -77,6 +77,10 @@ def test_gpu_presets_bound_the_vllm_context_to_what_a_request_needs(name):
     p = load_config(preset=name).prompts
     assert p.engine == "vllm" and p.vllm.max_model_len is not None
     assert p.max_tokens < p.vllm.max_model_len <= 8192
+    # and room for a whole answer: M prompts at the longest word limit (Llama 3: ~1.5 tokens a
+    # word, and "NN. " with a newline), so the last prompts of a reply are not cut off
+    longest = max(s.word_limit for s in p.skills)
+    assert p.max_tokens >= p.prompts_per_request * (1.5 * longest + 5)
     assert (p.temperature, p.top_p, p.vllm.tensor_parallel_size) == (1.0, 1.0, 1)
 
 
