@@ -63,6 +63,8 @@ def _metric_rows(report: dict[str, Any]) -> tuple[list[str], dict[str, dict[str,
         row: dict[str, float | None] = {}
         for bench, r in (entry.get("dsg") or {}).items():
             row[f"DSG {bench}"] = r["overall"]
+            if r.get("question_mean") is not None:  # the SELMA paper's mean over questions
+                row[f"DSG {bench} (question mean)"] = r["question_mean"]
             for cat, val in r["by_category"].items():
                 row[f"DSG {bench}: {cat}"] = val
         if entry.get("tifa"):

@@ -187,6 +187,13 @@ class DSGResult:
     n_missing: int  # items without any answer (each scored 0)
     item_scores: list[ItemScore]
 
+    @property
+    def question_mean(self) -> float:
+        """The mean over every question (after zeroing), not over items: the "Average" the
+        SELMA paper's DSG evaluation prints (its ``DSG/evaluation.py``), where an item with
+        more questions weighs more. ``overall`` is the DSG authors' per-item mean."""
+        return _mean100([v for s in self.item_scores for v in s.question_scores.values()])
+
 
 def _mean100(values: Sequence[float]) -> float:
     return 100.0 * sum(values) / len(values)

@@ -508,7 +508,10 @@ def score_variant(
             r = score_dsg(bench_items, answers, RULES)
             dsg[bench] = {
                 "overall": round(r.overall, _DIGITS),
+                # the SELMA paper's DSG number: the mean over questions (DSGResult)
+                "question_mean": round(r.question_mean, _DIGITS),
                 "by_category": {k: round(v, _DIGITS) for k, v in r.by_category.items()},
+                "by_broad_category": {k: round(v, _DIGITS) for k, v in r.by_broad_category.items()},
                 "n_items": r.n_items,
                 "n_missing": r.n_missing,
                 "items": {s.item_id: round(100 * s.score, _DIGITS) for s in r.item_scores},

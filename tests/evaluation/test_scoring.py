@@ -189,6 +189,8 @@ def test_score_dsg_aggregates_items_categories_and_broad_categories():
     }
     result = score_dsg(items, given, category_order=["relation", "tifa"])
     assert result.overall == pytest.approx(37.5)
+    # the SELMA paper's mean over the 6 questions: 1, 0 | 1 | 0, 0 (zeroed) | 0 (missing)
+    assert result.question_mean == pytest.approx(100 * 2 / 6)
     assert result.by_category == {"relation": 0.0, "tifa": 75.0}
     assert list(result.by_category) == ["relation", "tifa"]
     assert result.by_broad_category == {"entity": 50.0, "attribute": 0.0, "relation": 0.0}

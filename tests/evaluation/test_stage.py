@@ -159,9 +159,13 @@ def _assert_report_recomputes(rd: RunDir, report: dict) -> None:
         given = _answers_by_variant(answers, v)
         for bench, bench_items in items.items():
             expected = score_dsg(bench_items, given, REFERENCE_RULES)
+            # the SELMA paper's DSG number: the mean over questions
+            questions = [q for s in expected.item_scores for q in s.question_scores.values()]
             assert entry["dsg"][bench] == {
                 "overall": round(expected.overall, 4),
+                "question_mean": round(100 * sum(questions) / len(questions), 4),
                 "by_category": _rounded(expected.by_category),
+                "by_broad_category": _rounded(expected.by_broad_category),
                 "n_items": 2,
                 "n_missing": 0,
                 "items": {s.item_id: round(100 * s.score, 4) for s in expected.item_scores},
