@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from selma_ray import layout
 from selma_ray.config import PRESETS, ConfigError, SelmaConfig, load_config
@@ -214,18 +218,39 @@ def resolve_config(args: argparse.Namespace) -> SelmaConfig:
     return load_config(args.config, preset=args.preset, overrides=overrides)
 
 
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a run goes, SIGTERM (``ray job stop``, a scheduler's preemption) ends it as Ctrl-C
+    does: the running stage is marked failed, the driver log is written out (uploaded for a run
+    on object storage), engines are closed and the Ray session ends; Python's default would end
+    the process on the spot. Only in the main thread (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _cmd_run(args: argparse.Namespace, stages: list[str] | None) -> int:
     from selma_ray.pipeline import run_pipeline
 
     cfg = resolve_config(args)
     try:
-        summary = run_pipeline(
-            cfg,
-            args.run_dir,
-            stages=stages,
-            redo=args.redo,
-            progress=not args.no_progress,
-        )
+        with sigterm_as_interrupt():
+            summary = run_pipeline(
+                cfg,
+                args.run_dir,
+                stages=stages,
+                redo=args.redo,
+                progress=not args.no_progress,
+            )
     except Exception as e:
         stage = getattr(e, "selma_stage", None)
         if stage is None or isinstance(e, ConfigError):

@@ -179,6 +179,45 @@ def test_killed_prompts_run_resumes_without_repeating_rounds(tmp_path):
     assert Path(killed / "prompts" / "coco.jsonl").stat().st_mtime_ns == before
 
 
+_SIGTERM_RUN = """
+import dataclasses, os, signal, sys
+from selma_ray import pipeline
+from selma_ray.cli import main
+
+def killed(ctx):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not interrupt the stage")
+
+before = signal.getsignal(signal.SIGTERM)
+pipeline.STAGES = [
+    dataclasses.replace(s, run=killed) if s.name == "prompts" else s for s in pipeline.STAGES
+]
+try:
+    main(["run", "--run-dir", sys.argv[1], "--stages", "prompts", "--no-progress"])
+except KeyboardInterrupt as e:
+    assert signal.getsignal(signal.SIGTERM) is before, "the handler was not put back"
+    print(f"interrupted: {e}")
+    sys.exit(3)
+"""
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_stage_is_marked_failed(tmp_path):
+    """``ray job stop`` sends SIGTERM: the run ends as on Ctrl-C, the running stage marked failed
+    in the manifest and the handler put back, instead of the process dying on the spot (-15).
+    In a child process, so that a regression kills the child, not the test session."""
+    from selma_ray.storage import RunDir
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_RUN, str(run)], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+    assert "interrupted: stopped by signal SIGTERM" in proc.stdout
+    entry = RunDir(str(run)).read_json("manifest.json")["stages"]["prompts"]
+    assert entry["status"] == "failed" and "SIGTERM" in entry["error"]
+
+
 def test_evaluate_rescore_cli(tmp_path, capsys):
     answers = tmp_path / "answers.csv"
     answers.write_text(

@@ -34,7 +34,9 @@ def ray_session(cfg: RayConfig) -> Iterator[None]:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
-        ray.init(include_dashboard=False, **kwargs)
+        # "local": start one here; no address would join whatever cluster this machine last
+        # ran `ray start` for (Ray reads /tmp/ray/ray_current_cluster)
+        ray.init(address="local", include_dashboard=False, **kwargs)
         res = ray.cluster_resources()
         log.info("started a local Ray: %g CPUs, %g GPUs", res.get("CPU", 0), res.get("GPU", 0))
     try:

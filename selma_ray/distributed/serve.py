@@ -261,7 +261,12 @@ def serve_run_dir(
     app = _build(p)
     if not ray.is_initialized():
         ray_address = address or os.environ.get("RAY_ADDRESS") or p.run.ray.address
-        ray.init(address=ray_address, num_cpus=None if ray_address else p.run.ray.num_cpus)
+        # no address: a Ray started here ("local"; None would join whatever cluster this
+        # machine last ran `ray start` for)
+        ray.init(
+            address=ray_address or "local",
+            num_cpus=None if ray_address else p.run.ray.num_cpus,
+        )
     serve.start(
         http_options={
             "host": cfg.host,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 
@@ -168,15 +168,24 @@ def train_experts(jobs: list[ExpertJob], *, cpu_fallback: bool = False) -> dict[
     errors: dict[str, BaseException] = {}
     # the jobs are one stage's: they share its train config, so this is that config's mapping
     env = {k: v for job in jobs for k, v in job.train.ray_train_env.items()}
-    with (
-        _driver_env(env),
-        ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="expert") as pool,
-    ):
-        futures = {job.skill: pool.submit(fit, job) for job in jobs}
-        for skill, future in futures.items():
-            try:
-                results[skill] = future.result()
-            except BaseException as e:  # noqa: BLE001 - collected and re-raised below
-                errors[skill] = e
+    with _driver_env(env):
+        pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="expert")
+        try:
+            futures = {job.skill: pool.submit(fit, job) for job in jobs}
+            for skill, future in futures.items():
+                while not wait([future], timeout=0.5).done:
+                    pass  # a short wait: a pending Ctrl-C is raised between two of them
+                try:
+                    results[skill] = future.result()
+                except Exception as e:  # noqa: BLE001 - collected and re-raised below
+                    errors[skill] = e
+        except BaseException:
+            # Ctrl-C (or SIGTERM) in the driver: stop waiting for the trainers and let it
+            # propagate; ending the Ray session (the caller's) ends their runs, whose last
+            # checkpoints the next run resumes from
+            log.warning("experts: interrupted; the trainers stop with this driver's Ray session")
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
     raise_expert_failures(errors, len(jobs))
     return results

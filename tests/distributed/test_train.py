@@ -268,6 +268,52 @@ def test_ray_train_env_is_the_environment_each_trainer_starts_from_then_restored
     assert os.environ.get(POLL) == environment
 
 
+def test_ctrl_c_while_experts_train_stops_waiting_at_once(run_dir, monkeypatch):
+    """Ctrl-C in the driver reaches the main thread while it waits for the trainers (each fit
+    runs in a thread): it used to be taken for one skill's failure while the driver waited for
+    every trainer to finish. Now it propagates at once, and a trainer's own error is still
+    collected per skill."""
+    import _thread
+    import threading
+    import time
+
+    from selma_ray.distributed import train
+    from selma_ray.training.stage import expert_jobs
+
+    done = threading.Event()
+
+    class Trainer:
+        def __init__(self, job):
+            self.job = job
+
+        def fit(self):
+            done.wait(5)  # a long fit; the test sets the event when it ends
+            return "result"
+
+    monkeypatch.setattr(train, "make_trainer", lambda job, **_: Trainer(job))
+    jobs = expert_jobs(_cfg(), run_dir, ["coco", "whoops"])
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train.train_experts(jobs)
+        assert time.monotonic() - started < 2
+    finally:
+        done.set()
+        timer.cancel()
+
+    class Failing(Trainer):
+        def fit(self):
+            if self.job.skill == "coco":
+                raise RuntimeError("worker group failed")
+            return "result"
+
+    monkeypatch.setattr(train, "make_trainer", lambda job, **_: Failing(job))
+    with pytest.raises(RuntimeError, match="coco"):
+        train.train_experts(jobs)
+
+
 def test_ray_train_env_takes_only_ray_trains_variables_as_strings():
     from selma_ray.config import ConfigError
 
