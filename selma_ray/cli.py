@@ -50,7 +50,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-dir", help="run directory (path or fsspec URI); default ./selma-runs/<time>"
     )
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster address; 'auto' = the cluster this machine runs (after `ray start`). "
+        "Default: RAY_ADDRESS, else a new local Ray",
+    )
     p.add_argument(
         "--redo",
         action="append",
@@ -151,7 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--run-dir", required=True, help="run directory (path or fsspec URI)")
     sv.add_argument("--host", help="bind address (default: the run's serve.host, 127.0.0.1)")
     sv.add_argument("--port", type=int, help="port (default: the run's serve.port, 8000)")
-    sv.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    sv.add_argument(
+        "--address",
+        help="Ray cluster address ('auto': this machine's cluster); default: RAY_ADDRESS, "
+        "else a new local Ray",
+    )
     sv.add_argument(
         "--arg",
         dest="serve_args",
