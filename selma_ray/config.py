@@ -513,7 +513,8 @@ class TrainConfig(Section):
     storage_path: str | None = Field(
         None,
         description=(
-            "Where Ray Train keeps checkpoints (shared path or cloud URI); None = <run_dir>/train."
+            "Where Ray Train keeps checkpoints (shared path or cloud URI), in a folder per run "
+            "(<run dir name>-<hash of its URI>); None = <run_dir>/train."
         ),
         json_schema_extra=RUNTIME,
     )

@@ -250,6 +250,10 @@ def run_pipeline(
                 continue
             if action == "redo":
                 _discard(rd, manifest, stage)
+                if stage.name == "experts":  # checkpoints kept outside the run directory
+                    from selma_ray.training.stage import discard_checkpoints
+
+                    discard_checkpoints(cfg, rd)
             ctx.executor = executor or InProcessExecutor()
             log.info("stage %s: running", stage.name)
             manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))

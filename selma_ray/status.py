@@ -189,14 +189,16 @@ def stage_progress(
             return done, planned * cfg.images.images_per_prompt, "images"
         if stage == "experts":
             from selma_ray.training.resume import checkpoint_steps
+            from selma_ray.training.stage import train_storage_path
 
             jobs = [*skills, layout.JOINT] if cfg.train.joint else skills
+            storage = train_storage_path(cfg, rd).rstrip("/")  # train/, or train.storage_path
             steps = 0
             for s in jobs:
                 if rd.exists(*layout.expert_lora(s)):
                     steps += cfg.train.max_steps
                     continue
-                found = checkpoint_steps(rd.url(*layout.train_dir(), layout.train_run_name(s)))
+                found = checkpoint_steps(f"{storage}/{layout.train_run_name(s)}")
                 steps += found[0][0] if found else 0
             return steps, cfg.train.max_steps * len(jobs), "training steps"
         if stage == "eval" and rd.exists(*layout.eval_plan()):

@@ -101,6 +101,16 @@ def test_running_experts_progress_counts_checkpoint_steps(tmp_path):
     experts = run_status(rd.uri).stages[2]
     assert (experts.done, experts.total, experts.unit) == (16, 20, "training steps")
 
+    # with train.storage_path the checkpoints are this run's folder there
+    from selma_ray.training.stage import train_storage_path
+
+    cfg = load_config(overrides=[*SMALL, f"train.storage_path={tmp_path / 'ckpt'}"])
+    rd.write_text(cfg.to_yaml(), *layout.config())
+    elsewhere = RunDir(train_storage_path(cfg, rd))
+    elsewhere.write_json({"step": 8}, "expert-coco", "checkpoint_000008", "state.json")
+    experts = run_status(rd.uri).stages[2]
+    assert (experts.done, experts.total) == (18, 20)
+
 
 def test_cli_status_json_and_missing_run(tmp_path, capsys, monkeypatch):
     from selma_ray.cli import main

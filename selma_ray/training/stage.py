@@ -12,13 +12,15 @@ skill's pairs with the same recipe, steps and held-out prompts (each skill's own
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import posixpath
 from typing import Any
 
 from selma_ray import layout
 from selma_ray.config import SelmaConfig
 from selma_ray.execution import Executor, ExpertJob
-from selma_ray.storage import RunDir
+from selma_ray.storage import RunDir, open_filesystem
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +30,34 @@ def expert_done(run_dir: RunDir, skill: str) -> bool:
 
 
 def train_storage_path(cfg: SelmaConfig, run_dir: RunDir) -> str:
-    """Where expert checkpoints live: ``train.storage_path`` or the run directory's train/.
+    """Where expert checkpoints live: the run directory's train/, or with ``train.storage_path``
+    this run's own folder in it (:func:`run_storage_name`), so that two runs sharing a storage
+    path never resume from each other's checkpoints.
 
     A URI (an absolute path when local); the Ray layer opens an object store through the run
     directory's fsspec filesystem (:func:`selma_ray.storage.arrow_filesystem`)."""
-    return cfg.train.storage_path or run_dir.url(*layout.train_dir())
+    if cfg.train.storage_path:
+        return posixpath.join(cfg.train.storage_path.rstrip("/"), run_storage_name(run_dir))
+    return run_dir.url(*layout.train_dir())
+
+
+def run_storage_name(run_dir: RunDir) -> str:
+    """A run's folder name under a shared ``train.storage_path``: the run directory's name and
+    a hash of its full URI (the same for every rerun of that run, another for any other)."""
+    url = run_dir.url().rstrip("/")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return f"{posixpath.basename(url) or 'run'}-{digest}"
+
+
+def discard_checkpoints(cfg: SelmaConfig, run_dir: RunDir) -> None:
+    """Remove this run's expert checkpoints kept outside the run directory
+    (``train.storage_path``), as ``--redo experts`` discards the stage's outputs: otherwise the
+    redone experts would resume from the old ones."""
+    if not cfg.train.storage_path:
+        return  # under the run directory: the stage's outputs (train/) cover them
+    fs, path = open_filesystem(train_storage_path(cfg, run_dir))
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def job_names(cfg: SelmaConfig) -> list[str]:

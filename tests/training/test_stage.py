@@ -99,3 +99,26 @@ def test_joint_jobs_name_their_sources(tmp_path):
     assert jobs[layout.JOINT].sources == SKILLS
     assert all(jobs[s].sources == () for s in SKILLS)
     assert jobs[layout.JOINT].train == jobs["coco"].train
+
+
+def test_runs_sharing_a_storage_path_keep_their_checkpoints_apart(tmp_path):
+    """train.storage_path holds each run's checkpoints in its own folder (the same for every
+    rerun of a run), and --redo experts removes that run's folder alone: the redone experts
+    must not resume from the old checkpoints, nor one run from another's."""
+    from selma_ray.training.stage import discard_checkpoints, train_storage_path
+
+    shared = tmp_path / "ckpt"
+    cfg = load_config(overrides=[f"train.storage_path={shared}"])
+    one, two = RunDir(str(tmp_path / "runs" / "a")), RunDir(str(tmp_path / "other" / "a"))
+    path_one, path_two = train_storage_path(cfg, one), train_storage_path(cfg, two)
+    assert path_one != path_two  # same folder name, other runs
+    assert path_one == train_storage_path(cfg, RunDir(str(tmp_path / "runs" / "a")))
+    assert path_one.startswith(f"{shared}/a-") and path_two.startswith(f"{shared}/a-")
+    for path in (path_one, path_two):
+        ckpt = tmp_path / path / "expert-coco" / "checkpoint_1"
+        ckpt.mkdir(parents=True)
+        (ckpt / "state.json").write_text("{}")
+    discard_checkpoints(cfg, one)
+    assert not (tmp_path / path_one).exists() and (tmp_path / path_two).exists()
+    # without a storage path the checkpoints are the run's train/ (the stage's own output)
+    assert train_storage_path(load_config(), one) == one.url("train")
