@@ -225,7 +225,7 @@ def run_pipeline(
     rd = RunDir(uri)
     manifest = Manifest(rd)
     summary = RunSummary(run_dir=uri)
-    plan = _plan(cfg, manifest, selected, set(redo))
+    plan, stale = _plan(cfg, manifest, selected, set(redo))
     ctx = StageContext(cfg=cfg, run_dir=rd, progress=progress)
     with ExitStack() as stack:
         to_run = [stage for stage, _, action in plan if action != "skip"]
@@ -243,17 +243,19 @@ def run_pipeline(
         heartbeat = Heartbeat(rd).start()
         stack.callback(lambda: heartbeat.stop("failed" if summary.failed else "finished"))
         _log_worker_logs()
+        for stage in stale:
+            _discard(cfg, rd, manifest, stage)
+            ctx.notes.append(
+                f"{stage.name}: discarded (built from what --redo replaced); the next run "
+                "that selects it runs it again"
+            )
         for stage, fingerprint, action in plan:
             if action == "skip":
                 log.info("stage %s: done with the same config, skipped", stage.name)
                 summary.skipped.append(stage.name)
                 continue
             if action == "redo":
-                _discard(rd, manifest, stage)
-                if stage.name == "experts":  # checkpoints kept outside the run directory
-                    from selma_ray.training.stage import discard_checkpoints
-
-                    discard_checkpoints(cfg, rd)
+                _discard(cfg, rd, manifest, stage)
             ctx.executor = executor or InProcessExecutor()
             log.info("stage %s: running", stage.name)
             manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))
@@ -343,9 +345,13 @@ def stage_fingerprint(cfg: SelmaConfig, stage: str) -> dict[str, Any]:
 
 def _plan(
     cfg: SelmaConfig, manifest: Manifest, selected: list[Stage], redo: set[str]
-) -> list[tuple[Stage, dict[str, Any], str]]:
-    """(stage, fingerprint, 'run' | 'skip' | 'redo') per stage; refuses changed configs."""
+) -> tuple[list[tuple[Stage, dict[str, Any], str]], list[Stage]]:
+    """(stage, fingerprint, 'run' | 'skip' | 'redo') per selected stage, and the stages after a
+    redone one that have run but are not selected (``--stages prompts --redo prompts``): their
+    outputs were built from what the redo replaces, so they are discarded too, or a later run
+    would skip them as done. Refuses changed configs."""
     plan = []
+    stale: list[Stage] = []
     downstream_of_redo = False
     for stage in STAGES:
         fingerprint = stage_fingerprint(cfg, stage.name)
@@ -368,10 +374,16 @@ def _plan(
             action = "run"
         if stage in selected:
             plan.append((stage, fingerprint, action))
-    return plan
+        elif action == "redo" and stage.name not in redo:
+            stale.append(stage)
+    return plan, stale
 
 
-def _discard(rd: RunDir, manifest: Manifest, stage: Stage) -> None:
+def _discard(cfg: SelmaConfig, rd: RunDir, manifest: Manifest, stage: Stage) -> None:
     for folder in stage.outputs:
         rd.remove(folder)
+    if stage.name == "experts":  # checkpoints kept outside the run directory
+        from selma_ray.training.stage import discard_checkpoints
+
+        discard_checkpoints(cfg, rd)
     manifest.reset(stage.name)

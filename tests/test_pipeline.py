@@ -53,6 +53,23 @@ def test_changed_config_is_refused_then_redone(tmp_path):
     assert len(RunDir(uri).read_jsonl("prompts", "coco.jsonl")) == 9
 
 
+def test_redoing_a_stage_alone_discards_the_later_stages_built_from_it(tmp_path):
+    """``--stages prompts --redo prompts`` replaces the prompts; the images drawn from the old
+    ones are discarded (and their manifest entry reset), so the next full run draws them again
+    instead of skipping them as done."""
+    uri = str(tmp_path / "run")
+    run_pipeline(_cfg(), uri, stages=["prompts", "images"])
+    rd = RunDir(uri)
+    assert rd.read_json("manifest.json")["stages"]["images"]["status"] == "done"
+    summary = run_pipeline(_cfg(), uri, stages=PROMPTS, redo=["prompts"])
+    assert summary.ran == ["prompts"]
+    assert any(n.startswith("images: discarded") for n in summary.notes)
+    assert "images" not in rd.read_json("manifest.json")["stages"]
+    assert not rd.exists("images")
+    again = run_pipeline(_cfg(), uri, stages=["prompts", "images"])
+    assert again.skipped == ["prompts"] and again.ran == ["images"]
+
+
 def test_unknown_stage_is_a_config_error(tmp_path):
     from selma_ray.config import ConfigError
 
