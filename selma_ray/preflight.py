@@ -758,27 +758,43 @@ def check_shared_storage(
 ) -> Findings:
     """Workers on every node read and write the run directory (images, caches, checkpoints)
     themselves, so on nodes spread over several hosts a local path must be a shared mount:
-    refused unless ``storage.shared_filesystem`` says it is one."""
+    refused unless ``storage.shared_filesystem`` says it is one. On one host of a cluster
+    that can grow (an autoscaler adds workers as the stages ask), a warning: the nodes it adds
+    will be other hosts."""
     from selma_ray.storage import protocol_of
 
     found = Findings()
     hosts = sorted(set(cluster.hosts))
-    if len(hosts) < 2 or cfg.storage.shared_filesystem:
+    spread = len(hosts) >= 2
+    if not (spread or cluster.can_grow) or cfg.storage.shared_filesystem:
         return found
     places = [("--run-dir", run_dir)]
     if "experts" in stages and cfg.train.storage_path:
         places.append(("train.storage_path", cfg.train.storage_path))
     shown = ", ".join(hosts[:3]) + (f" and {len(hosts) - 3} more" if len(hosts) > 3 else "")
+    fix = (
+        "use object storage (s3://bucket/prefix, gs://bucket/prefix) or, when the path is a "
+        "filesystem mounted on every node, set storage.shared_filesystem: true"
+    )
     for fld, uri in places:
         if protocol_of(uri) not in ("file", "local"):
             continue
-        found.errors.append(
-            Problem(
-                fld,
-                f"{uri!r} is a local path but this cluster's nodes are on {len(hosts)} hosts "
-                f"({shown}), whose workers would each write to their own disk",
-                "use object storage (s3://bucket/prefix, gs://bucket/prefix) or, when the path "
-                "is a filesystem mounted on every node, set storage.shared_filesystem: true",
+        if spread:
+            found.errors.append(
+                Problem(
+                    fld,
+                    f"{uri!r} is a local path but this cluster's nodes are on {len(hosts)} "
+                    f"hosts ({shown}), whose workers would each write to their own disk",
+                    fix,
+                )
             )
-        )
+        else:
+            found.warnings.append(
+                Problem(
+                    fld,
+                    f"{uri!r} is a local path and this cluster ({cluster.where}) may add nodes "
+                    "on other hosts, whose workers would each write to their own disk",
+                    fix,
+                )
+            )
     return found

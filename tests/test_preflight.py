@@ -438,7 +438,20 @@ def test_local_run_dir_on_nodes_of_several_hosts_is_refused_naming_what_to_use()
 def test_local_run_dir_is_fine_on_one_host_on_object_storage_or_a_shared_mount():
     # several raylets on one host (a local test cluster) share its disk
     one_host = ClusterOffer(nodes=({}, {}), can_grow=False, where="l", hosts=("10.0.0.1",) * 2)
-    assert not check_shared_storage(_cfg(), "/data/run", ALL, one_host).errors
+    found = check_shared_storage(_cfg(), "/data/run", ALL, one_host)
+    assert not found.errors and not found.warnings
+    # one host now, but an autoscaler may add others (cluster.yaml's head alone at the start)
+    growing = ClusterOffer(nodes=({"CPU": 0.0},), can_grow=True, where="remote", hosts=("h",))
+    found = check_shared_storage(_cfg(), "/data/run", ALL, growing)
+    assert not found.errors
+    assert [p.line() for p in found.warnings] == [
+        "--run-dir: '/data/run' is a local path and this cluster (remote) may add nodes on other "
+        "hosts, whose workers would each write to their own disk; use object storage "
+        "(s3://bucket/prefix, gs://bucket/prefix) or, when the path is a filesystem mounted on "
+        "every node, set storage.shared_filesystem: true"
+    ]
+    shared_mount = _cfg("storage.shared_filesystem=true")
+    assert not check_shared_storage(shared_mount, "/data/run", ALL, growing).warnings
     assert not check_shared_storage(_cfg(), "s3://bucket/run", ALL, TWO_HOSTS).errors
     assert not check_shared_storage(_cfg(), "gs://bucket/run", ALL, TWO_HOSTS).errors
     shared = _cfg("storage.shared_filesystem=true")
