@@ -493,7 +493,7 @@ class TrainConfig(Section):
     num_to_keep: int = Field(2, ge=1, json_schema_extra=RUNTIME)
     max_failures: int = Field(2, ge=0, json_schema_extra=RUNTIME)
     num_workers: int = Field(
-        1, ge=0, description="DDP workers per expert.", json_schema_extra=RUNTIME
+        1, ge=1, description="DDP workers per expert.", json_schema_extra=RUNTIME
     )
     use_gpu: bool = Field(False, json_schema_extra=RUNTIME)
     cpus_per_worker: float = Field(1.0, ge=0, json_schema_extra=RUNTIME)
@@ -852,9 +852,11 @@ def preset_dict(name: str) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s keys merged in, mapping into mapping; an empty mapping
+    replaces (``--set prompts.vllm.pool.resources={}`` clears what a preset gave)."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from selma_ray.config import (
@@ -82,6 +84,18 @@ def test_gpu_presets_bound_the_vllm_context_to_what_a_request_needs(name):
     longest = max(s.word_limit for s in p.skills)
     assert p.max_tokens >= p.prompts_per_request * (1.5 * longest + 5)
     assert (p.temperature, p.top_p, p.vllm.tensor_parallel_size) == (1.0, 1.0, 1)
+
+
+def test_an_empty_mapping_clears_what_a_preset_gave():
+    """configs/<preset>.yaml pins the vLLM engines to llm_node; `--set ...resources={}` (what
+    its comment says to do off cluster.yaml) must clear it, not merge nothing into it."""
+    pinned = str(Path(__file__).parents[1] / "configs" / "sd15.yaml")
+    assert load_config(pinned).prompts.vllm.pool.resources == {"llm_node": 1.0}
+    cleared = load_config(pinned, overrides=["prompts.vllm.pool.resources={}"])
+    assert cleared.prompts.vllm.pool.resources == {}
+    assert cleared.prompts.vllm.pool.gpus == 1  # the rest of the pool stays
+    with pytest.raises(ConfigError, match="train.num_workers"):
+        load_config(overrides=["train.num_workers=0"])  # 0 would be Ray Train's local mode
 
 
 def test_overrides_parse_yaml_values():
