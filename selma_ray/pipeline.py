@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from selma_ray.execution import Executor, InProcessExecutor
 from selma_ray.preflight import preflight, preflight_resources
 from selma_ray.rehearsal import describe as describe_rehearsal
 from selma_ray.runlog import FILE_ONLY, console_stream, driver_log, is_quiet, quiet_libraries
-from selma_ray.status import Heartbeat, LiveProgress
+from selma_ray.status import STALE_AFTER_S, Heartbeat, LiveProgress, driver_alive
 from selma_ray.storage import Manifest, RunDir, check_storage
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,7 @@ def run_pipeline(
     quiet_libraries()  # the checks may load or build models: their output is not the console's
     preflight(cfg, uri, [s.name for s in selected])  # bad input: refused before any work
     rd = RunDir(uri)
+    _refuse_a_live_driver(rd)
     manifest = Manifest(rd)
     summary = RunSummary(run_dir=uri)
     plan, stale = _plan(cfg, manifest, selected, set(redo))
@@ -377,6 +379,26 @@ def _plan(
         elif action == "redo" and stage.name not in redo:
             stale.append(stage)
     return plan, stale
+
+
+def _refuse_a_live_driver(rd: RunDir) -> None:
+    """Two drivers on one run directory would overwrite each other's manifest and outputs: a
+    run whose driver is alive (:func:`~selma_ray.status.driver_alive`) is refused."""
+    if not rd.exists(*layout.driver_heartbeat()):
+        return
+    driver = rd.read_json(*layout.driver_heartbeat())
+    now = time.time()
+    mine = driver.get("host") == socket.gethostname() and driver.get("pid") == os.getpid()
+    if mine or not driver_alive(driver, now):
+        return
+    ago = now - float(driver.get("beat_at", now))
+    msg = (
+        f"run directory {rd.uri} is in use: its driver (pid {driver.get('pid')} on "
+        f"{driver.get('host')}, last heard {ago:.0f} s ago) is running it; wait for it or stop "
+        f"it, or use another --run-dir (a driver killed on another host counts as gone "
+        f"{STALE_AFTER_S:.0f} s after its last beat)"
+    )
+    raise ConfigError(msg)
 
 
 def _discard(cfg: SelmaConfig, rd: RunDir, manifest: Manifest, stage: Stage) -> None:

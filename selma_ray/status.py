@@ -119,7 +119,7 @@ def run_status(uri: str, *, now: float | None = None) -> RunStatus:
     driver = (
         rd.read_json(*layout.driver_heartbeat()) if rd.exists(*layout.driver_heartbeat()) else None
     )
-    alive = _driver_alive(driver, now)
+    alive = driver_alive(driver, now)
     cfg = _run_config(rd)
     stages = []
     for name in STAGE_ORDER:
@@ -142,7 +142,7 @@ def run_status(uri: str, *, now: float | None = None) -> RunStatus:
     return RunStatus(rd.uri, driver, alive, stages)
 
 
-def _driver_alive(driver: dict[str, Any] | None, now: float) -> bool:
+def driver_alive(driver: dict[str, Any] | None, now: float) -> bool:
     """A driver that said it is running: on this host, whether its process exists; elsewhere,
     whether it beat within :data:`STALE_AFTER_S`."""
     if not driver or driver.get("state") != "running":

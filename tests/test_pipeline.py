@@ -70,6 +70,26 @@ def test_redoing_a_stage_alone_discards_the_later_stages_built_from_it(tmp_path)
     assert again.skipped == ["prompts"] and again.ran == ["images"]
 
 
+def test_a_run_directory_whose_driver_is_alive_is_refused(tmp_path):
+    """A second driver would overwrite the first one's manifest and outputs. A live driver on
+    this host (its process exists) is refused, naming it; a dead one's run resumes."""
+    import os
+    import socket
+    import time
+
+    from selma_ray.config import ConfigError
+
+    uri = str(tmp_path / "run")
+    run_pipeline(_cfg(), uri, stages=PROMPTS)
+    rd = RunDir(uri)
+    beat = {"host": socket.gethostname(), "state": "running", "beat_at": time.time()}
+    rd.write_json({**beat, "pid": os.getppid()}, "driver.json")  # a live process, not us
+    with pytest.raises(ConfigError, match=rf"in use: its driver \(pid {os.getppid()} on "):
+        run_pipeline(_cfg(), uri, stages=PROMPTS)
+    rd.write_json({**beat, "pid": 2**22 + 12345}, "driver.json")  # no such process
+    assert run_pipeline(_cfg(), uri, stages=PROMPTS).skipped == ["prompts"]
+
+
 def test_unknown_stage_is_a_config_error(tmp_path):
     from selma_ray.config import ConfigError
 
