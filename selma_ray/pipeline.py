@@ -30,7 +30,13 @@ from selma_ray.execution import Executor, InProcessExecutor
 from selma_ray.preflight import preflight, preflight_resources
 from selma_ray.rehearsal import describe as describe_rehearsal
 from selma_ray.runlog import FILE_ONLY, console_stream, driver_log, is_quiet, quiet_libraries
-from selma_ray.status import STALE_AFTER_S, Heartbeat, LiveProgress, driver_alive
+from selma_ray.status import (
+    STALE_AFTER_S,
+    Heartbeat,
+    LiveProgress,
+    driver_alive,
+    stage_progress,
+)
 from selma_ray.storage import Manifest, RunDir, check_storage
 
 log = logging.getLogger(__name__)
@@ -260,7 +266,8 @@ def run_pipeline(
                 _discard(cfg, rd, manifest, stage)
             ctx.executor = executor or InProcessExecutor()
             log.info("stage %s: running", stage.name)
-            manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint))
+            done_before, _, _ = stage_progress(rd, cfg, stage.name)  # a resume's earlier work
+            manifest.start(stage.name, fingerprint, fingerprint_hash(fingerprint), done_before)
             t0 = time.perf_counter()
             bar = LiveProgress(rd, cfg, stage.name, console_stream() if progress else None)
             try:

@@ -87,13 +87,19 @@ class StageStatus:
     total: int | None = None
     unit: str = ""
     error: str | None = None
+    #: progress already there when this attempt started (a resumed stage's earlier work)
+    done_at_start: int = 0
 
     @property
     def eta_s(self) -> float | None:
-        """Remaining seconds at the pace so far, for a running stage with progress."""
-        if self.state != "running" or not self.done or not self.total or self.seconds is None:
+        """Remaining seconds at this attempt's pace, for a running stage with progress (work
+        an earlier attempt left does not count as done in this attempt's seconds)."""
+        if self.state != "running" or not self.total or self.done is None or self.seconds is None:
             return None
-        return self.seconds * (self.total - self.done) / self.done
+        progressed = self.done - self.done_at_start
+        if progressed <= 0:
+            return None
+        return self.seconds * (self.total - self.done) / progressed
 
 
 @dataclass
@@ -138,6 +144,7 @@ def run_status(uri: str, *, now: float | None = None) -> RunStatus:
                 st.seconds = max(0.0, end - entry["started_at"])
             if cfg is not None:
                 st.done, st.total, st.unit = stage_progress(rd, cfg, name)
+                st.done_at_start = int(entry.get("progress_at_start") or 0)
         stages.append(st)
     return RunStatus(rd.uri, driver, alive, stages)
 

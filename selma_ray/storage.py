@@ -316,7 +316,15 @@ class Manifest:
             return []
         return _diff(entry["fingerprint"], fingerprint)
 
-    def start(self, stage: str, fingerprint: dict[str, Any], fingerprint_hash: str) -> None:
+    def start(
+        self,
+        stage: str,
+        fingerprint: dict[str, Any],
+        fingerprint_hash: str,
+        progress_at_start: int | None = None,
+    ) -> None:
+        """Mark ``stage`` running; ``progress_at_start``: the units of progress an earlier
+        attempt left (``selma-ray status`` times the ETA from this attempt's own work)."""
         entry = self.stages.setdefault(stage, {})
         entry.update(
             status="running",
@@ -324,6 +332,7 @@ class Manifest:
             fingerprint=fingerprint,
             started_at=time.time(),
             attempts=entry.get("attempts", 0) + 1,
+            progress_at_start=progress_at_start or 0,
         )
         entry.pop("error", None)
         self.save()

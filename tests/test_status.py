@@ -68,6 +68,16 @@ def test_running_images_stage_shows_progress_and_eta_from_outputs(tmp_path):
         ["experts", "pending"], ["merge", "pending"], ["eval", "pending"]
     ]  # fmt: skip
 
+    # a resumed attempt that found 1 image drawn by the one before drew 1 in its 30 s
+    m.stages["images"]["progress_at_start"] = 1
+    m.save()
+    assert run_status(rd.uri, now=now).stages[1].eta_s == pytest.approx(180, abs=0.01)
+    m.stages["images"]["progress_at_start"] = 2  # nothing drawn yet by this attempt
+    m.save()
+    assert run_status(rd.uri, now=now).stages[1].eta_s is None
+    m.stages["images"]["progress_at_start"] = 0
+    m.save()
+
     # the same driver silent for longer than STALE_AFTER_S: killed or lost
     later = now + STALE_AFTER_S + 1
     st = run_status(rd.uri, now=later)
