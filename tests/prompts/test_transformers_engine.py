@@ -55,3 +55,29 @@ def test_token_budget_counts_what_generate_feeds_and_fitted_requests_fit(tiny_mo
         assert completion.prompt_tokens == budget.count(req)
         assert completion.prompt_tokens + req.max_tokens == 340 or req is reqs[-1]
     engine.close()
+
+
+def test_a_plain_prompt_starts_with_the_tokenizers_bos_as_vllm_feeds_it(tiny_models):
+    """A model without a chat template (a base model) is fed its plain prompt with the
+    tokenizer's special tokens (BOS), as vLLM's generate() does, and the budget counts them;
+    a chat template's text is fed as rendered (it writes its own)."""
+    engine = TransformersEngine("tiny:llm", TransformersEngineConfig(batch_size=1))
+    engine._load()
+    tok = engine._tokenizer
+    req = build_request(BUILTIN_SKILLS["coco"], ["a", "b"], n_items=2, seed=1, max_tokens=4)
+    fed: list[list[int]] = []
+    generate = engine._model.generate
+
+    def spy(**kwargs):
+        fed.append(kwargs["input_ids"][0].tolist())
+        return generate(**kwargs)
+
+    engine._model.generate = spy
+    chat = engine.generate([req])[0]
+    assert chat.prompt_tokens == engine.token_budget().count(req) == len(fed[-1])
+    assert fed[-1].count(tok.bos_token_id) <= 1  # the template's own BOS, not a second one
+    tok.chat_template = None  # a base model's tokenizer
+    plain = engine.generate([req])[0]
+    assert fed[-1] == tok(req.prompt)["input_ids"] and fed[-1][0] == tok.bos_token_id
+    assert plain.prompt_tokens == engine.token_budget().count(req) == len(fed[-1])
+    engine.close()

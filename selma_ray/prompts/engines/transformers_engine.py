@@ -69,9 +69,10 @@ class TransformersEngine:
         limit, _ = model_context_length(self._path, self._tokenizer)
         if limit is None:
             return None
-        # generate() is fed the rendered text without extra special tokens
+        # generate() is fed a chat template's text as rendered, a plain prompt with the
+        # tokenizer's special tokens (its BOS, as vLLM's generate feeds it)
         return TokenBudget(
-            limit, partial(count_prompt_tokens, self._tokenizer, plain_special_tokens=False)
+            limit, partial(count_prompt_tokens, self._tokenizer, plain_special_tokens=True)
         )
 
     def _render(self, req: GenerationRequest) -> tuple[str, str]:
@@ -94,7 +95,9 @@ class TransformersEngine:
                 [text for text, _ in rendered],
                 return_tensors="pt",
                 padding=True,
-                add_special_tokens=False,
+                # a chat template writes its own BOS; a plain prompt (a base model) needs the
+                # tokenizer's, as vLLM's generate adds it
+                add_special_tokens=not getattr(tok, "chat_template", None),
             ).to(self.cfg.device)
             first = batch[0]
             # batched sampling shares one generator: seed it from the batch's first request so
