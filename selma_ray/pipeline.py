@@ -74,13 +74,22 @@ class Stage:
 
 
 def _run_prompts(ctx: StageContext) -> StageResult:
+    from selma_ray.images.pairs import import_captions
     from selma_ray.prompts.engines import make_engine
-    from selma_ray.prompts.stage import generate_prompts, shortfalls
+    from selma_ray.prompts.stage import generate_prompts, shortfalls, write_skill_prompts
 
-    # skills with data (existing pairs) get no prompts: the images stage imports their pairs
+    # skills with data pairs get no prompts (the images stage imports their pairs); those with
+    # data.use: captions get their captions as prompts; the others' prompts are generated
+    captioned: dict[str, Any] = {}
+    for skill in ctx.cfg.prompts.skills:
+        if skill.prompts_from_captions and skill.data is not None:
+            rows, captioned[skill.name] = import_captions(skill.name, skill.data)
+            write_skill_prompts(ctx.run_dir, skill.name, rows)
     generated = [s for s in ctx.cfg.prompts.skills if s.data is None]
     if not generated:
-        return StageResult(counts={})
+        if captioned:
+            ctx.run_dir.write_json(captioned, *layout.prompts_stats())
+        return StageResult(counts={n: info["prompts"] for n, info in captioned.items()})
     pcfg = ctx.cfg.prompts.model_copy(update={"skills": generated})
     engine = make_engine(
         pcfg,
@@ -96,7 +105,10 @@ def _run_prompts(ctx: StageContext) -> StageResult:
         engine.close()
     short = shortfalls(stats)
     ctx.notes.extend(f"prompts {line}" for line in short)
+    if captioned:
+        ctx.run_dir.write_json({**stats, **captioned}, *layout.prompts_stats())
     counts = {name: s["accepted"] for name, s in stats.items()}
+    counts.update({n: info["prompts"] for n, info in captioned.items()})
     return StageResult(counts=counts, complete=not short)
 
 

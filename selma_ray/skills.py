@@ -47,6 +47,14 @@ class SkillData(BaseModel):
         None, description="Column / key of the caption. Defaults: text (webdataset: txt)."
     )
     max_pairs: int | None = Field(None, ge=1, description="Import at most this many pairs.")
+    use: Literal["pairs", "captions"] = Field(
+        "pairs",
+        description=(
+            "pairs: the images and captions are the expert's training pairs (stages 1-2 import "
+            "them); captions: the captions are the skill's prompts and stage 2 draws them (the "
+            "paper's ground-truth prompts with generated images)."
+        ),
+    )
 
 
 class Skill(BaseModel):
@@ -65,7 +73,8 @@ class Skill(BaseModel):
         None,
         description=(
             "Ground-truth pairs instead of generated ones: a URI or {uri, format, image_column, "
-            "text_column, max_pairs}; the prompts and images stages then import them."
+            "text_column, max_pairs, use}; the prompts and images stages then import them "
+            "(use: captions: only the captions, as the skill's prompts, which stage 2 draws)."
         ),
     )
     max_count: int | None = Field(
@@ -107,6 +116,16 @@ class Skill(BaseModel):
     @classmethod
     def _data_uri(cls, v: Any) -> Any:
         return {"uri": v} if isinstance(v, str) else v
+
+    @property
+    def imports_pairs(self) -> bool:
+        """Its expert learns from existing pairs: no prompts to write, no images to draw."""
+        return self.data is not None and self.data.use == "pairs"
+
+    @property
+    def prompts_from_captions(self) -> bool:
+        """Its prompts are existing captions (``data.use: captions``), drawn by stage 2."""
+        return self.data is not None and self.data.use == "captions"
 
     @model_validator(mode="after")
     def _prompts_or_data(self) -> Skill:

@@ -182,11 +182,12 @@ def stage_progress(
     the cluster they were written). ``seen``: a cache of the eval answer files' row counts
     across calls (each file's footer is read once)."""
     skills = [s.name for s in cfg.prompts.skills]
-    drawn = [s.name for s in cfg.prompts.skills if s.data is None]  # data skills: imported
+    drawn = [s.name for s in cfg.prompts.skills if not s.imports_pairs]  # pairs: imported
     try:
-        if stage == "prompts":
-            done = sum(_lines(rd, layout.prompts_file(s)) for s in drawn)
-            return done, cfg.prompts.num_prompts * len(drawn), "prompts"
+        if stage == "prompts":  # the generated ones (data captions are read at once)
+            written = [s.name for s in cfg.prompts.skills if s.data is None]
+            done = sum(_lines(rd, layout.prompts_file(s)) for s in written)
+            return done, cfg.prompts.num_prompts * len(written), "prompts"
         if stage == "images":
             planned = sum(_lines(rd, layout.prompts_file(s)) for s in drawn)
             done = sum(

@@ -153,8 +153,8 @@ def select_items(
             given = [s.name for s in cfg.prompts.skills if s.data is not None]
             if given:
                 notes.append(
-                    f"skills: {', '.join(given)} learned from existing pairs (data): no "
-                    "generated prompts with DSG questions to hold out"
+                    f"skills: {', '.join(given)} learned from existing data (pairs or "
+                    "captions): no generated prompts with DSG questions to hold out"
                 )
             if not skills:
                 continue

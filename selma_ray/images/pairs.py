@@ -35,7 +35,7 @@ from selma_ray.storage import RunDir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RawPair", "detect_format", "import_skill", "read_pairs"]
+__all__ = ["RawPair", "detect_format", "import_captions", "import_skill", "read_pairs"]
 
 _WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 #: An imagefolder's metadata: the run's own file name (JSON lines), or its CSV form.
@@ -99,7 +99,7 @@ def _files(uri: str, suffix: str) -> tuple[Any, list[str]]:
     return fs, [path]
 
 
-def _imagefolder(data: SkillData) -> Iterator[RawPair]:
+def _imagefolder(data: SkillData, images: bool = True) -> Iterator[RawPair]:
     fs, root = _fs(data.uri.rstrip("/"))
     image_col = data.image_column or "file_name"
     text_col = data.text_column or "text"
@@ -128,7 +128,8 @@ def _imagefolder(data: SkillData) -> Iterator[RawPair]:
         name = row.get(image_col)
         image = None
         if (
-            isinstance(name, str)
+            images
+            and isinstance(name, str)
             and name
             and not name.startswith("/")
             and ".." not in name.split("/")
@@ -148,7 +149,7 @@ def _image_bytes(value: Any) -> bytes | None:
     return None
 
 
-def _parquet(data: SkillData) -> Iterator[RawPair]:
+def _parquet(data: SkillData, images: bool = True) -> Iterator[RawPair]:
     import pyarrow.parquet as pq
 
     image_col = data.image_column or "image"
@@ -156,21 +157,22 @@ def _parquet(data: SkillData) -> Iterator[RawPair]:
     fs, files = _files(data.uri, ".parquet")
     for path in files:
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
-        missing = [c for c in (image_col, text_col) if c not in table.column_names]
+            table = pq.read_table(f, columns=None if images else [text_col])
+        wanted = (image_col, text_col) if images else (text_col,)
+        missing = [c for c in wanted if c not in table.column_names]
         if missing:
             msg = (
                 f"data {data.uri!r}: {posixpath.basename(path)} has no column(s) {missing} "
                 f"(it has {table.column_names}); set data.image_column / data.text_column"
             )
             raise ValueError(msg)
-        images = table.column(image_col).to_pylist()
         texts = table.column(text_col).to_pylist()
-        for i, (img, text) in enumerate(zip(images, texts, strict=True)):
+        pixels = table.column(image_col).to_pylist() if images else [None] * len(texts)
+        for i, (img, text) in enumerate(zip(pixels, texts, strict=True)):
             yield RawPair(_text(text), _image_bytes(img), f"{posixpath.basename(path)} row {i}")
 
 
-def _webdataset(data: SkillData) -> Iterator[RawPair]:
+def _webdataset(data: SkillData, images: bool = True) -> Iterator[RawPair]:
     image_keys = (data.image_column,) if data.image_column else _WDS_IMAGE_KEYS
     text_key = data.text_column or "txt"
     fs, files = _files(data.uri, ".tar")
@@ -206,9 +208,51 @@ def _text(value: Any) -> str | None:
 _READERS = {"imagefolder": _imagefolder, "parquet": _parquet, "webdataset": _webdataset}
 
 
-def read_pairs(data: SkillData) -> Iterator[RawPair]:
-    """Every pair of ``data`` in a fixed order (files sorted, rows in file order)."""
-    yield from _READERS[detect_format(data)](data)
+def read_pairs(data: SkillData, *, images: bool = True) -> Iterator[RawPair]:
+    """Every pair of ``data`` in a fixed order (files sorted, rows in file order); with
+    ``images=False`` the captions alone (``image`` None; imagefolder and Parquet then read no
+    image bytes)."""
+    yield from _READERS[detect_format(data)](data, images)
+
+
+def import_captions(skill: str, data: SkillData) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A skill's prompts from ``data``'s captions (``data.use: captions``): rows as stage 1
+    writes them (``id`` ``<skill>-gt<index>``, ``engine`` ``data``, ``model`` ``data:<uri>``,
+    no DSG questions), in the data's order, at most ``data.max_pairs``; and
+    ``{source, format, prompts, skipped: {reason: n}}``. Stage 2 then draws them: the paper's
+    ground-truth prompts with generated images."""
+    fmt = detect_format(data)
+    rows: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    for raw in read_pairs(data, images=False):
+        if data.max_pairs is not None and len(rows) >= data.max_pairs:
+            break
+        if raw.unreadable:
+            skipped["bad_metadata"] += 1
+        elif raw.text is None:
+            skipped["no_caption"] += 1
+        else:
+            rows.append(
+                {
+                    "id": f"{skill}-gt{len(rows):06d}",
+                    "skill": skill,
+                    "prompt": raw.text,
+                    "engine": "data",
+                    "model": f"data:{data.uri}",
+                    "round": 0,
+                    "questions": None,
+                }
+            )
+    if not rows:
+        msg = (
+            f"skill {skill!r}: no captions in data {data.uri!r} (format {fmt}; skipped "
+            f"{dict(skipped) or 'nothing: it is empty'}); check data.text_column"
+        )
+        raise ValueError(msg)
+    if skipped:
+        log.warning("prompts: skill %r: skipped %s of data %s", skill, dict(skipped), data.uri)
+    info = {"source": data.uri, "format": fmt, "prompts": len(rows), "skipped": dict(skipped)}
+    return rows, info
 
 
 def _decode(image: bytes) -> tuple[str | None, str | None]:

@@ -59,8 +59,9 @@ class ImagesIncompleteError(RuntimeError):
 
 
 def skill_names(cfg: SelmaConfig) -> list[str]:
-    """The skills whose prompts stage 2 draws (a skill with ``data`` is imported instead)."""
-    return [s.name for s in cfg.prompts.skills if s.data is None]
+    """The skills whose prompts stage 2 draws (a skill with ``data`` pairs is imported
+    instead; one with ``data.use: captions`` has its captions as prompts, drawn here)."""
+    return [s.name for s in cfg.prompts.skills if not s.imports_pairs]
 
 
 def load_prompt_rows(run_dir: RunDir, skill: str) -> list[dict[str, Any]]:
@@ -179,7 +180,9 @@ def run_images_stage(cfg: SelmaConfig, run_dir: RunDir, executor: Executor) -> d
 
     t0 = time.perf_counter()
     imported = {
-        s.name: import_skill(run_dir, s.name, s.data) for s in cfg.prompts.skills if s.data
+        s.name: import_skill(run_dir, s.name, s.data)
+        for s in cfg.prompts.skills
+        if s.imports_pairs and s.data
     }
     planned = plan(cfg, run_dir)
     todo: list[dict[str, Any]] = []

@@ -365,39 +365,43 @@ def ask_dsg_questions(
 PARQUET_COLUMNS = ("id", "skill", "prompt", "engine", "model", "round", "questions")
 
 
-def write_outputs(
-    cfg: PromptsConfig, run_dir: RunDir, states: dict[str, SkillState]
-) -> dict[str, Any]:
+def write_skill_prompts(run_dir: RunDir, name: str, rows: list[dict[str, Any]]) -> None:
+    """A skill's prompt rows as ``prompts/<skill>.jsonl`` and ``.parquet``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    run_dir.write_jsonl(rows, *layout.prompts_file(name))
+    table = pa.table(
+        {
+            **{c: [r[c] for r in rows] for c in PARQUET_COLUMNS if c != "questions"},
+            # questions as JSON text: one schema whatever the engine (None when unknown)
+            "questions": [
+                None if r["questions"] is None else json.dumps(r["questions"]) for r in rows
+            ],
+        },
+        schema=pa.schema(
+            [
+                ("id", pa.string()),
+                ("skill", pa.string()),
+                ("prompt", pa.string()),
+                ("engine", pa.string()),
+                ("model", pa.string()),
+                ("round", pa.int64()),
+                ("questions", pa.string()),
+            ]
+        ),
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    run_dir.write_bytes(buf.getvalue(), *layout.prompts_file(name, "parquet"))
+
+
+def write_outputs(
+    cfg: PromptsConfig, run_dir: RunDir, states: dict[str, SkillState]
+) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     for name, state in states.items():
-        run_dir.write_jsonl(state.rows, *layout.prompts_file(name))
-        table = pa.table(
-            {
-                **{c: [r[c] for r in state.rows] for c in PARQUET_COLUMNS if c != "questions"},
-                # questions as JSON text: one schema whatever the engine (None when unknown)
-                "questions": [
-                    None if r["questions"] is None else json.dumps(r["questions"])
-                    for r in state.rows
-                ],
-            },
-            schema=pa.schema(
-                [
-                    ("id", pa.string()),
-                    ("skill", pa.string()),
-                    ("prompt", pa.string()),
-                    ("engine", pa.string()),
-                    ("model", pa.string()),
-                    ("round", pa.int64()),
-                    ("questions", pa.string()),
-                ]
-            ),
-        )
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        run_dir.write_bytes(buf.getvalue(), *layout.prompts_file(name, "parquet"))
+        write_skill_prompts(run_dir, name, state.rows)
         stats[name] = state.stats(cfg.num_prompts)
     run_dir.write_json(stats, *layout.prompts_stats())
     return stats

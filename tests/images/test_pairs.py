@@ -198,11 +198,56 @@ def test_a_skill_with_data_skips_prompts_and_trains_on_its_pairs(tiny_models, tm
     meta = rd.read_json("experts", "mine", "expert.json")
     assert meta["image_models"] == [f"data:{folder}"] and meta["pairs"]["total"] == 3
     joint = rd.read_json("experts", "joint", "expert.json")
-    assert joint["pairs"]["total"] == 3 + rd.read_json("experts", "coco", "expert.json")[
-        "pairs"
-    ]["total"]
+    assert (
+        joint["pairs"]["total"]
+        == 3 + rd.read_json("experts", "coco", "expert.json")["pairs"]["total"]
+    )
     # a missing data folder is refused before any work, naming the field
     bad = cfg.model_copy(deep=True)
     object.__setattr__(bad.prompts.skills[1], "data", SkillData(uri=str(tmp_path / "nope")))
     errors = check_config(bad, str(tmp_path / "run2"), ["images"]).errors
     assert [e.field for e in errors] == ["prompts.skills[1].data"]
+
+
+def test_captions_only_become_the_skills_prompts_and_stage_2_draws_them(tiny_models, tmp_path):
+    """data.use: captions: the paper's ground-truth prompts with generated images. The captions
+    are the skill's prompts (in the data's order, max_pairs of them, unreadable rows counted),
+    no image of the data is read, and stage 2 draws them as it draws generated prompts."""
+    from selma_ray.config import load_config
+    from selma_ray.images.pairs import import_captions
+    from selma_ray.pipeline import run_pipeline
+
+    folder = tmp_path / "folder"
+    _imagefolder(folder)
+    with open(folder / "metadata.jsonl", "ab") as f:
+        f.write(b'{"file_name": "gone.png", "caption": "a lamp nobody drew"}\n')
+        f.write(b'{"file_name": "img0.png", "caption": "caf\xe9"}\n')  # not UTF-8
+        f.write(b'{"file_name": "img1.png", "caption": ""}\n')
+    data = SkillData(uri=str(folder), text_column="caption", use="captions")
+    rows, info = import_captions("mine", data)
+    assert [r["prompt"] for r in rows] == [*CAPTIONS, "a lamp nobody drew"]  # no image needed
+    assert [r["id"] for r in rows] == [f"mine-gt{i:06d}" for i in range(4)]
+    assert {r["engine"] for r in rows} == {"data"} and {r["questions"] for r in rows} == {None}
+    assert info["skipped"] == {"bad_metadata": 1, "no_caption": 1}
+    two = data.model_copy(update={"max_pairs": 2})
+    assert [r["prompt"] for r in import_captions("mine", two)[0]] == CAPTIONS[:2]
+
+    skill = f"{{name: mine, data: {{uri: {folder}, text_column: caption, use: captions}}}}"
+    cfg = load_config(
+        overrides=[
+            f"prompts.skills=[{skill}]", "images.resolution=32", "images.steps=2",
+            "ray.executor=in-process",
+        ]
+    )  # fmt: skip
+    run = str(tmp_path / "run")
+    summary = run_pipeline(cfg, run, stages=["prompts", "images"])
+    assert summary.ran == ["prompts", "images"]
+    rd = RunDir(run)
+    assert [r["prompt"] for r in rd.read_jsonl("prompts", "mine.jsonl")] == [
+        r["prompt"] for r in rows
+    ]
+    assert rd.read_json("prompts", "stats.json")["mine"]["prompts"] == 4
+    meta = rd.read_jsonl("images", "mine", "metadata.jsonl")
+    assert [m["text"] for m in meta] == [r["prompt"] for r in rows]
+    assert {m["model"] for m in meta} == {cfg.images.model}  # drawn, not imported
+    assert "mine" in rd.read_json("images", "stats.json")["skills"]
