@@ -564,6 +564,15 @@ class EvalConfig(Section):
         default_factory=lambda: ["dsg1k", "skills"]
     )
     tifa_path: str | None = Field(None, description="TIFA v1.0 question file (JSON).")
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Classifier-free guidance of the experts' model when it draws (evaluation, and "
+            "serving's default); None = images.guidance_scale. In weak-to-strong runs the "
+            "drawing model and the experts' model differ (sdxl: SD 2.1 at 7.5, SDXL at 5.0)."
+        ),
+    )
     vqa_model: str = Field("tiny:vqa", description="VQA / image-text-to-text model id or path.")
     clip_model: str | None = Field("tiny:clip", description="CLIP model for CLIPScore; None = off.")
     preference_models: dict[Literal["pickscore", "imagereward", "hps"], str] = Field(
@@ -790,14 +799,16 @@ class SelmaConfig(Section):
     def variant_images(self) -> ImagesConfig:
         """The ``images`` settings the experts' model draws with (evaluation, serving): the
         experts' base model (``train.base_model``, else ``images.model``) at the resolution
-        they were trained at; steps, guidance and dtype as in ``images``. In weak-to-strong
-        runs (SD 2.1 draws the training images, SDXL learns) this is SDXL at 1024 px."""
-        return self.images.model_copy(
-            update={
-                "model": self.train.base_model or self.images.model,
-                "resolution": self.train.resolution,
-            }
-        )
+        they were trained at, with ``eval.guidance_scale`` when set; steps, guidance otherwise
+        and dtype as in ``images``. In weak-to-strong runs (SD 2.1 draws the training images,
+        SDXL learns) this is SDXL at 1024 px."""
+        update: dict[str, Any] = {
+            "model": self.train.base_model or self.images.model,
+            "resolution": self.train.resolution,
+        }
+        if self.eval.guidance_scale is not None:
+            update["guidance_scale"] = self.eval.guidance_scale
+        return self.images.model_copy(update=update)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -70,6 +70,14 @@ def test_paper_settings_in_gpu_presets():
     # weak-to-strong: SD v2 draws, SDXL learns
     assert "stable-diffusion-2" in sdxl.images.model
     assert "xl" in sdxl.train.base_model
+    # SDXL evaluates at its own default guidance; SD 2.1 draws the training images at 7.5
+    drawn = sdxl.variant_images()
+    assert (drawn.model, drawn.resolution, drawn.guidance_scale) == (
+        sdxl.train.base_model,
+        1024,
+        5.0,
+    )
+    assert sdxl.images.guidance_scale == 7.5 == sd15.variant_images().guidance_scale
 
 
 @pytest.mark.parametrize("name", ["sd15", "sd2", "sdxl"])
