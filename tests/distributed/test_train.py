@@ -274,12 +274,16 @@ def test_ctrl_c_while_experts_train_stops_waiting_at_once(run_dir, monkeypatch):
     every trainer to finish. Now it propagates at once, and a trainer's own error is still
     collected per skill."""
     import _thread
+    import signal
     import threading
     import time
 
     from selma_ray.distributed import train
     from selma_ray.training.stage import expert_jobs
 
+    # Python's own SIGINT handler, as in the CLI (an earlier test's Ray Train fit on the main
+    # thread may have left its own, which aborts a controller instead of raising)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = threading.Event()
 
     class Trainer:
@@ -302,6 +306,7 @@ def test_ctrl_c_while_experts_train_stops_waiting_at_once(run_dir, monkeypatch):
     finally:
         done.set()
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
 
     class Failing(Trainer):
         def fit(self):
