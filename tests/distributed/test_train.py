@@ -281,8 +281,9 @@ def test_ctrl_c_while_experts_train_stops_waiting_at_once(run_dir, monkeypatch):
     from selma_ray.distributed import train
     from selma_ray.training.stage import expert_jobs
 
-    # Python's own SIGINT handler, as in the CLI (an earlier test's Ray Train fit on the main
-    # thread may have left its own, which aborts a controller instead of raising)
+    # Python's own SIGINT handler, as in the CLI: in the whole suite an earlier test leaves
+    # another one that does not raise (Ray Train's fit on a main thread installs such a one;
+    # which test left it there was not pinned down)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = threading.Event()
 
