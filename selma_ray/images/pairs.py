@@ -156,16 +156,18 @@ def _parquet(data: SkillData, images: bool = True) -> Iterator[RawPair]:
     text_col = data.text_column or "text"
     fs, files = _files(data.uri, ".parquet")
     for path in files:
+        wanted = [image_col, text_col] if images else [text_col]
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f, columns=None if images else [text_col])
-        wanted = (image_col, text_col) if images else (text_col,)
-        missing = [c for c in wanted if c not in table.column_names]
-        if missing:
-            msg = (
-                f"data {data.uri!r}: {posixpath.basename(path)} has no column(s) {missing} "
-                f"(it has {table.column_names}); set data.image_column / data.text_column"
-            )
-            raise ValueError(msg)
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            missing = [c for c in wanted if c not in names]
+            if missing:
+                msg = (
+                    f"data {data.uri!r}: {posixpath.basename(path)} has no column(s) {missing} "
+                    f"(it has {names}); set data.image_column / data.text_column"
+                )
+                raise ValueError(msg)
+            table = parquet.read(columns=wanted)  # only what is used
         texts = table.column(text_col).to_pylist()
         pixels = table.column(image_col).to_pylist() if images else [None] * len(texts)
         for i, (img, text) in enumerate(zip(pixels, texts, strict=True)):

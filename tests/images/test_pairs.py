@@ -163,6 +163,14 @@ def test_unusable_data_names_the_skill_and_the_fix(tmp_path):
     pq.write_table(pa.table({"img": [_img(0)], "text": ["a"]}), str(parquet))
     with pytest.raises(ValueError, match=r"has no column\(s\) \['image'\].*data.image_column"):
         import_skill(RunDir(str(tmp_path / "run")), "mine", SkillData(uri=str(parquet)))
+    # captions alone need no image column, only the text one
+    from selma_ray.images.pairs import import_captions
+
+    assert (
+        import_captions("mine", SkillData(uri=str(parquet), use="captions"))[0][0]["prompt"] == "a"
+    )
+    with pytest.raises(ValueError, match=r"has no column\(s\) \['caption'\]"):
+        import_captions("mine", SkillData(uri=str(parquet), use="captions", text_column="caption"))
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "metadata.jsonl").write_text("")
