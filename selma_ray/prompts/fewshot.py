@@ -197,9 +197,9 @@ def clean_item(text: str) -> str:
 
 def _continues(item: str, line: str) -> bool:
     """Whether an unnumbered ``line`` right after ``item`` is the item wrapped onto a new line:
-    it goes on mid-sentence (a lowercase word, a digit, punctuation), or the item ends with a
-    comma, a colon or a conjunction. A line that starts a new sentence ("I hope these help!",
-    "Note: ...") is a remark, not part of the prompt."""
+    it goes on mid-sentence (not a capital letter), or the item ends with a comma, a semicolon,
+    a dash or a joining word ("of", "and", ...). A line that starts a new sentence ("I hope
+    these help!", "Note: ...") is a remark, not part of the prompt."""
     head = line.lstrip()[:1]
     if not head:
         return False
