@@ -71,6 +71,8 @@ class Stage:
     outputs: tuple[str, ...]
     run: Callable[[StageContext], StageResult]
     needs_ray: Callable[[SelmaConfig], bool] = lambda cfg: True
+    #: removes what the stage keeps outside the run directory (discarded with ``outputs``)
+    discard_elsewhere: Callable[[SelmaConfig, RunDir], None] = lambda cfg, rd: None
 
 
 def _run_prompts(ctx: StageContext) -> StageResult:
@@ -130,6 +132,12 @@ def _run_experts(ctx: StageContext) -> StageResult:
     return StageResult(counts=counts)
 
 
+def _discard_expert_checkpoints(cfg: SelmaConfig, rd: RunDir) -> None:
+    from selma_ray.training.stage import discard_checkpoints
+
+    discard_checkpoints(cfg, rd)  # with train.storage_path, outside the run directory
+
+
 def _run_merge(ctx: StageContext) -> StageResult:
     from selma_ray.merging import run_merge_stage
 
@@ -163,6 +171,7 @@ STAGES: list[Stage] = [
         sections=("train",),
         outputs=layout.STAGE_OUTPUTS["experts"],
         run=_run_experts,
+        discard_elsewhere=_discard_expert_checkpoints,
     ),
     Stage(
         name="merge",
@@ -423,8 +432,5 @@ def _refuse_a_live_driver(rd: RunDir) -> None:
 def _discard(cfg: SelmaConfig, rd: RunDir, manifest: Manifest, stage: Stage) -> None:
     for folder in stage.outputs:
         rd.remove(folder)
-    if stage.name == "experts":  # checkpoints kept outside the run directory
-        from selma_ray.training.stage import discard_checkpoints
-
-        discard_checkpoints(cfg, rd)
+    stage.discard_elsewhere(cfg, rd)
     manifest.reset(stage.name)
