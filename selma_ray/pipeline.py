@@ -35,6 +35,7 @@ from selma_ray.status import (
     Heartbeat,
     LiveProgress,
     driver_alive,
+    read_driver,
     stage_progress,
 )
 from selma_ray.storage import Manifest, RunDir, check_storage
@@ -412,13 +413,11 @@ def _plan(
 def _refuse_a_live_driver(rd: RunDir) -> None:
     """Two drivers on one run directory would overwrite each other's manifest and outputs: a
     run whose driver is alive (:func:`~selma_ray.status.driver_alive`) is refused."""
-    if not rd.exists(*layout.driver_heartbeat()):
+    driver, now = read_driver(rd), time.time()
+    if driver is None or not driver_alive(driver, now):
         return
-    driver = rd.read_json(*layout.driver_heartbeat())
-    now = time.time()
-    mine = driver.get("host") == socket.gethostname() and driver.get("pid") == os.getpid()
-    if mine or not driver_alive(driver, now):
-        return
+    if driver.get("host") == socket.gethostname() and driver.get("pid") == os.getpid():
+        return  # this process's own run (an earlier call in it)
     ago = now - float(driver.get("beat_at", now))
     msg = (
         f"run directory {rd.uri} is in use: its driver (pid {driver.get('pid')} on "

@@ -122,9 +122,7 @@ def run_status(uri: str, *, now: float | None = None) -> RunStatus:
         raise FileNotFoundError(msg)
     now = time.time() if now is None else now
     manifest = rd.read_json(*layout.manifest()).get("stages", {})
-    driver = (
-        rd.read_json(*layout.driver_heartbeat()) if rd.exists(*layout.driver_heartbeat()) else None
-    )
+    driver = read_driver(rd)
     alive = driver_alive(driver, now)
     cfg = _run_config(rd)
     stages = []
@@ -147,6 +145,13 @@ def run_status(uri: str, *, now: float | None = None) -> RunStatus:
                 st.done_at_start = int(entry.get("progress_at_start") or 0)
         stages.append(st)
     return RunStatus(rd.uri, driver, alive, stages)
+
+
+def read_driver(rd: RunDir) -> dict[str, Any] | None:
+    """The run's driver heartbeat (:class:`Heartbeat`), or None before any driver ran."""
+    return (
+        rd.read_json(*layout.driver_heartbeat()) if rd.exists(*layout.driver_heartbeat()) else None
+    )
 
 
 def driver_alive(driver: dict[str, Any] | None, now: float) -> bool:
