@@ -150,3 +150,64 @@ def test_requests_are_fitted_to_the_model_and_counted(tiny_models, tmp_path):
     # the counts are saved with the round (a resumed run goes on from them)
     assert load_state(rd, "too-long").requests_dropped == {"request_too_long": 2}
     engine.close()
+
+
+def test_transformers_engine_resume_after_a_kill_between_two_skills_saves(tiny_models, tmp_path):
+    """A kill after one skill saved a round and before the next did: the resumed run asks only
+    the unsaved skill's requests again (a smaller batch) and still gets exactly the texts of
+    the uninterrupted run, as each request samples with its own seed."""
+    import pytest
+
+    from selma_ray.prompts.stage import _state_path
+
+    cfg = _cfg(
+        "prompts.engine=transformers",
+        "prompts.skills=[coco, whoops]",
+        "prompts.num_prompts=50",
+        "prompts.max_rounds=2",
+        "prompts.requests_per_round=2",
+        "prompts.prompts_per_request=3",
+        "prompts.max_tokens=40",
+    )
+
+    def engine(answers):
+        """The configured engine, recording each answer by (skill, request seed)."""
+        eng = make_engine(cfg)
+        generate = eng.generate
+
+        def recorded(requests):
+            out = generate(requests)
+            answers.update({(r.skill, r.seed): c.text for r, c in zip(requests, out, strict=True)})
+            return out
+
+        eng.generate = recorded
+        return eng
+
+    whole, first_try, resumed = {}, {}, {}
+    generate_prompts(cfg, RunDir(str(tmp_path / "whole")), engine(whole), seed=0)
+
+    class KilledBeforeWhoopsRound2(RunDir):
+        def write_json(self, obj, *parts):
+            if parts == _state_path("whoops") and obj["rounds"] == 2:
+                raise KeyboardInterrupt
+            super().write_json(obj, *parts)
+
+    parted = str(tmp_path / "parted")
+    with pytest.raises(KeyboardInterrupt):
+        generate_prompts(cfg, KilledBeforeWhoopsRound2(parted), engine(first_try), seed=0)
+    assert load_state(RunDir(parted), "coco").rounds == 2
+    assert load_state(RunDir(parted), "whoops").rounds == 1
+    generate_prompts(cfg, RunDir(parted), engine(resumed), seed=0)
+    # the resume asked whoops' second round alone (2 requests, not the 4 of both skills)
+    assert len(resumed) == 2 and {skill for skill, _ in resumed} == {"whoops"}
+    assert all(text for text in resumed.values())
+    assert resumed == {key: whole[key] for key in resumed}
+    assert first_try == whole
+    for skill in ("coco", "whoops"):
+        done = RunDir(parted).read_jsonl("prompts", f"{skill}.jsonl")
+        assert done == RunDir(str(tmp_path / "whole")).read_jsonl("prompts", f"{skill}.jsonl")
+        state, uninterrupted = (
+            load_state(RunDir(parted), skill),
+            load_state(RunDir(str(tmp_path / "whole")), skill),
+        )
+        assert (state.rounds, state.dropped) == (uninterrupted.rounds, uninterrupted.dropped)

@@ -81,3 +81,53 @@ def test_a_plain_prompt_starts_with_the_tokenizers_bos_as_vllm_feeds_it(tiny_mod
     assert fed[-1] == tok(req.prompt)["input_ids"] and fed[-1][0] == tok.bos_token_id
     assert plain.prompt_tokens == engine.token_budget().count(req) == len(fed[-1])
     engine.close()
+
+
+def test_a_requests_text_depends_on_its_seed_not_on_its_batch(tiny_models):
+    """Each request samples with its own seed (as vLLM's per-request seed): alone, in another
+    order or with another batch size it gets the same text, so a resume that re-asks only some
+    of a round's requests reproduces them. Another seed gives another text."""
+    coco = BUILTIN_SKILLS["coco"]
+    reqs = [
+        build_request(coco, ["a", "b", "c"][: 1 + s % 3], n_items=2, seed=s, max_tokens=10)
+        for s in (5, 6, 7, 8)
+    ]
+    batched = TransformersEngine("tiny:llm", TransformersEngineConfig(batch_size=4))
+    together = [c.text for c in batched.generate(reqs)]
+    reordered = [c.text for c in batched.generate(reqs[::-1])][::-1]
+    single = TransformersEngine("tiny:llm", TransformersEngineConfig(batch_size=1))
+    alone = [single.generate([r])[0].text for r in reqs]
+    assert together == reordered == alone
+    assert len(set(together)) == len(reqs)
+    reseeded = build_request(coco, ["a"], n_items=2, seed=105, max_tokens=10)
+    assert single.generate([reseeded])[0].text != alone[0]
+    batched.close()
+    single.close()
+
+
+def test_sampler_draws_from_the_top_p_nucleus_at_the_requests_temperature():
+    """The per-request sampler keeps only the top-p nucleus (the first token always), draws
+    with the request's generator, and leaves a greedy (temperature 0) row as it is."""
+    import dataclasses
+
+    import torch
+
+    from selma_ray.prompts.engines.transformers_engine import _PerRequestSampler
+
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two tokens
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 2))
+    hot = build_request(BUILTIN_SKILLS["coco"], ["a"], n_items=1, seed=3, max_tokens=4)
+    hot = dataclasses.replace(hot, top_p=0.7, temperature=1.0)
+    greedy = dataclasses.replace(hot, temperature=0.0)
+    seen = []
+    sampler = _PerRequestSampler([hot, greedy])
+    for _ in range(400):
+        out = sampler(None, logits)
+        assert torch.equal(out[1], logits[1])
+        (kept,) = torch.nonzero(out[0] == 0).flatten().tolist()
+        assert torch.isinf(out[0]).sum() == 3
+        seen.append(kept)
+    assert set(seen) == {0, 1}
+    assert abs(seen.count(0) / len(seen) - 0.5 / 0.8) < 0.08
+    again = _PerRequestSampler([hot, greedy])
+    assert [int(torch.argmax(again(None, logits)[0])) for _ in range(400)] == seen

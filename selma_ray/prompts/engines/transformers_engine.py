@@ -2,7 +2,8 @@
 
 Its :meth:`TransformersEngine.token_budget` is the model's context length (as vLLM would derive
 it) and the tokens each request's rendered prompt takes, so the stage can fit requests in.
-Requests are batched in order, a batch holding only requests with the same ``max_tokens``.
+Requests are batched in order, a batch holding only requests with the same ``max_tokens``;
+each request samples with its own seeded generator, so its text does not depend on the batch.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class TransformersEngine:
 
     def generate(self, requests: list[GenerationRequest]) -> list[str | Completion]:
         import torch
+        from transformers import LogitsProcessorList
 
         self._load()
         tok, model = self._tokenizer, self._model
@@ -99,25 +101,27 @@ class TransformersEngine:
                 # tokenizer's, as vLLM's generate adds it
                 add_special_tokens=not getattr(tok, "chat_template", None),
             ).to(self.cfg.device)
-            first = batch[0]
-            # batched sampling shares one generator: seed it from the batch's first request so
-            # a rerun with the same batch size reproduces the same texts
-            torch.manual_seed(first.seed)
             max_new = max(r.max_tokens for r in batch)
             with torch.no_grad():
+                # each request samples with its own seeded generator (as vLLM's per-request
+                # seed does), so its text depends neither on its batch-mates nor on the batch
+                # size; generate() itself only takes the one token the sampler left
                 gen = model.generate(
                     **enc,
-                    do_sample=first.temperature > 0,
-                    temperature=first.temperature if first.temperature > 0 else None,
-                    top_p=first.top_p,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    logits_processor=LogitsProcessorList([_PerRequestSampler(batch)]),
                     max_new_tokens=max_new,
                     pad_token_id=tok.pad_token_id,
                 )
             new_tokens = gen[:, enc["input_ids"].shape[1] :]
             prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
+            eos = _eos_ids(model, tok)
             for (_, prefix), row, n in zip(rendered, new_tokens, prompt_tokens, strict=True):
                 ids = row.tolist()
-                finished = tok.eos_token_id in ids
+                finished = any(i in eos for i in ids)
                 text = tok.decode(ids, skip_special_tokens=True)
                 out.append(
                     Completion(
@@ -134,6 +138,56 @@ class TransformersEngine:
     def close(self) -> None:
         self._model = None
         self._tokenizer = None
+
+
+class _PerRequestSampler:
+    """A logits processor that samples each row's next token with that request's own
+    ``torch.Generator`` (seeded from ``GenerationRequest.seed``) after its own temperature and
+    top-p, as vLLM's ``SamplingParams`` do, and leaves only that token: ``generate()`` runs
+    greedy over the result. A request at temperature 0 is greedy. One draw per row per step,
+    so a row's tokens depend only on its own seed and logits, not on its batch-mates."""
+
+    def __init__(self, requests: list[GenerationRequest]) -> None:
+        self.requests = requests
+        self._generators: list[Any] | None = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self._generators is None:
+            self._generators = []
+            for r in self.requests:
+                g = torch.Generator(device=scores.device)
+                g.manual_seed(int(r.seed) % 2**63)
+                self._generators.append(g)
+        out = scores.clone()
+        for i, (req, gen) in enumerate(zip(self.requests, self._generators, strict=True)):
+            if req.temperature <= 0:
+                continue
+            logits = scores[i].float() / req.temperature
+            probs = torch.softmax(logits, dim=-1)
+            if req.top_p < 1.0:
+                # keep the smallest set of most likely tokens whose mass reaches top_p
+                sorted_probs, order = torch.sort(probs, descending=True)
+                before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+                sorted_probs[before >= req.top_p] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            token = torch.multinomial(probs, 1, generator=gen)
+            out[i] = float("-inf")
+            out[i, token] = 0.0
+        return out
+
+
+def _eos_ids(model: Any, tok: Any) -> set[int]:
+    """The tokens that end an answer: the tokenizer's EOS and the model's generation config's
+    (a chat model may end its turn with another token, e.g. Llama 3's ``<|eot_id|>``)."""
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(cfg_eos, int):
+        ids.add(cfg_eos)
+    elif cfg_eos:
+        ids.update(int(i) for i in cfg_eos)
+    return ids
 
 
 def _batches(requests: list[GenerationRequest], size: int) -> list[list[GenerationRequest]]:
