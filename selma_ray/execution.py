@@ -62,12 +62,13 @@ class Executor(Protocol):
         rows_per_task: int,
         whole_tasks: bool = False,
     ) -> list[dict[str, Any]]:
-        """``fn_cls(**fn_kwargs)`` mapped over ``rows`` in batches of ``rows_per_task``.
+        """``fn_cls(**fn_kwargs)`` mapped over ``rows`` in batches of at most ``rows_per_task``.
 
-        Returns every output row, values as Python scalars. ``whole_tasks``: every task is
-        exactly one batch of the given rows (in order), each worker holds one task at a time
-        and the pool starts with as many workers as there are tasks (up to ``pool.max_size``),
-        so a small input is spread over every worker. Output order is not guaranteed.
+        Returns every output row, values as Python scalars. Every task is exactly one batch
+        of the given rows (in order) of :func:`task_plan`'s size, and the pool starts with as
+        many workers as there are tasks (up to ``pool.max_size``), so a small input is spread
+        over every worker. ``whole_tasks``: each worker also holds one task at a time. Output
+        order is not guaranteed.
         """
         ...
 

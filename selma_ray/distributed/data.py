@@ -1,8 +1,10 @@
 """Ray Data wiring shared by the stages: rows -> an autoscaling actor pool -> rows.
 
 Any stage core written as a callable class (load the model in ``__init__``, map a numpy batch
-in ``__call__``) runs here, on the :class:`~selma_ray.config.ActorPool` its config names. Input
-too small to keep every actor busy is repartitioned so that each actor gets blocks to work on.
+in ``__call__``) runs here, on the :class:`~selma_ray.config.ActorPool` its config names. The
+input is cut into blocks of exactly one task's rows (:func:`~selma_ray.execution.task_plan`:
+even tasks, at least one per actor while rows last), so Ray Data's bundler, which joins blocks
+until a batch is full, never merges a small input's blocks into fewer tasks than actors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ class _DropScaleUpWarning(logging.Filter):
 logging.getLogger("ray.data._internal.actor_autoscaler.default_actor_autoscaler").addFilter(
     _DropScaleUpWarning()
 )
+
+
+#: Tasks a (not ``whole_tasks``) actor may hold at once when the input has enough for every
+#: actor: Ray Data's default for one call at a time (the next task's rows arrive while the
+#: actor works on the current one).
+MAX_TASKS_IN_FLIGHT = 2
 
 
 def remote_args(pool: ActorPool) -> dict[str, Any]:
@@ -59,9 +67,10 @@ def map_rows_with_actors(
     See :meth:`selma_ray.execution.Executor.map_rows`. Fault tolerance comes from the pool:
     ``max_restarts`` (actor restarts after its process dies) and ``max_task_retries`` (how
     often a batch whose actor died is resubmitted); exceptions raised by ``fn_cls`` itself are
-    not retried. With ``whole_tasks`` the input is built from blocks of exactly one task's rows
-    (no repartition), each actor holds one task at a time (``max_tasks_in_flight_per_actor=1``)
-    and the pool starts with one actor per task up to ``max_size``. Actors of a pool with
+    not retried. Each task gets one block of :func:`~selma_ray.execution.task_plan`'s size,
+    the pool starts with one actor per task up to ``max_size``, and an actor holds at most
+    its share of the tasks (:data:`MAX_TASKS_IN_FLIGHT` at most); with ``whole_tasks`` one
+    task at a time. Actors of a pool with
     ``gpus`` first check that torch sees them (:func:`~selma_ray.distributed.devices.
     device_checked`; ``cpu_fallback`` lets them run on the CPU instead of failing).
     """
@@ -71,21 +80,18 @@ def map_rows_with_actors(
     if not rows:
         return []
     pool_kwargs: dict[str, Any] = {"min_size": max(1, pool.min_size), "max_size": pool.max_size}
-    if whole_tasks:
-        rows_per_task, n_tasks = task_plan(len(rows), rows_per_task, pool.max_size)
-        ds = ray.data.from_arrow(
-            [
-                pa.Table.from_pylist(rows[i : i + rows_per_task])
-                for i in range(0, len(rows), rows_per_task)
-            ]
-        )
-        pool_kwargs["initial_size"] = max(pool_kwargs["min_size"], min(pool.max_size, n_tasks))
-        pool_kwargs["max_tasks_in_flight_per_actor"] = 1
-    else:
-        ds = ray.data.from_items(rows)
-        # one block per batch, at least one per actor, so a small input still spreads out
-        n_blocks = max(pool.max_size, -(-len(rows) // rows_per_task))
-        ds = ds.repartition(min(n_blocks, len(rows)))
+    rows_per_task, n_tasks = task_plan(len(rows), rows_per_task, pool.max_size)
+    table = pa.Table.from_pylist(rows)  # one schema for every block
+    ds = ray.data.from_arrow(
+        [table.slice(i, rows_per_task) for i in range(0, len(rows), rows_per_task)]
+    )
+    # one actor per task up to max_size from the start, and no actor queues more than its
+    # share of the tasks (so a small input is not taken whole by the first actor up)
+    pool_kwargs["initial_size"] = max(pool_kwargs["min_size"], min(pool.max_size, n_tasks))
+    share = -(-n_tasks // pool.max_size)
+    pool_kwargs["max_tasks_in_flight_per_actor"] = (
+        1 if whole_tasks else min(MAX_TASKS_IN_FLIGHT, share)
+    )
     with warnings.catch_warnings():
         # Ray 2.60 deprecates extra remote args (max_restarts...) without a named replacement
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
