@@ -180,8 +180,8 @@ class InProcessExecutor:
     ) -> list[dict[str, Any]]:
         if not rows:
             return []
-        if whole_tasks:
-            rows_per_task, _ = task_plan(len(rows), rows_per_task, pool.max_size)
+        # the batches a Ray map would cut (task_plan), whatever whole_tasks says
+        rows_per_task, _ = task_plan(len(rows), rows_per_task, pool.max_size)
         fn = fn_cls(**fn_kwargs)
         return map_in_process(fn, rows, rows_per_task)
 

@@ -32,9 +32,14 @@ def test_map_rows_loads_once_and_maps_batches_in_order():
     )
     assert Doubler.instances == 1
     assert [r["x"] for r in out] == [3 * i for i in range(7)]
-    assert [r["n"] for r in out] == [3, 3, 3, 3, 3, 3, 1]
+    # the batches a Ray map cuts: at least one per worker while rows last, of even size
+    assert [r["n"] for r in out] == [2] * 6 + [1]
     assert all(type(r["x"]) is int and type(r["name"]) is str for r in out)
-    # whole tasks: at least one task per worker while rows last, of even size
+    out = InProcessExecutor().map_rows(
+        rows, Doubler, fn_kwargs={"factor": 1}, pool=ActorPool(max_size=2), rows_per_task=3
+    )
+    assert [r["n"] for r in out] == [3] * 6 + [1]
+    # whole tasks: the same plan
     out = InProcessExecutor().map_rows(
         rows,
         Doubler,
