@@ -94,6 +94,8 @@ class ClusterOffer:
     where: str
     #: The addresses of the hosts the live nodes run on (several raylets may share one host).
     hosts: tuple[str, ...] = ()
+    #: The Ray this process started (``ray.num_cpus`` sizes it), not a cluster it joined.
+    local: bool = False
 
     @property
     def max_node(self) -> dict[str, float]:
@@ -701,8 +703,10 @@ def check_resources(cfg: SelmaConfig, stages: Collection[str], cluster: ClusterO
             )
         if cpus > biggest["CPU"]:
             fix = f"set {ask.cpu_field} <= {_num(biggest['CPU'])}"
-            if not cluster.can_grow:
+            if cluster.local:
                 fix += f" or start the local Ray with more (ray.num_cpus >= {math.ceil(cpus)})"
+            elif not cluster.can_grow:
+                fix += f" or add a node with more (ray start --num-cpus {math.ceil(cpus)})"
             problems.append(
                 Problem(
                     ask.cpu_field,
@@ -743,7 +747,7 @@ def check_resources(cfg: SelmaConfig, stages: Collection[str], cluster: ClusterO
                         f"{ask.at_once} {ask.who}s ({each} each) must run at once but this "
                         f"cluster holds {_num(fit)} ({cluster.where})",
                         f"set {ask.count_field} <= {_num(fit)}"
-                        + (" or add nodes" if cluster.can_grow else ""),
+                        + ("" if cluster.local else " or add nodes"),
                     )
                 )
         if cluster.can_grow:

@@ -363,7 +363,7 @@ def test_training_workers_and_pool_sizes_must_fit_the_cluster():
         "3 training workers (1 CPU and 1 GPU each) must run at once but this cluster holds 2"
         in (found.errors[0].problem)
     )
-    assert found.errors[1].fix == "set eval.pool.min_size <= 16"
+    assert found.errors[1].fix == "set eval.pool.min_size <= 16 or add nodes"
     assert cluster.fits({"CPU": 3.0, "GPU": 0.0}) == 4  # 2 per node
 
 
@@ -381,7 +381,10 @@ def test_custom_resources_must_be_on_a_node_in_the_amount_asked():
     # nine engines of one llm_node each: the one node that has them holds eight
     nine = _cfg(*pinned, "prompts.vllm.pool.max_size=9", "prompts.vllm.pool.min_size=9")
     (p,) = check_resources(nine, ALL, llm).errors
-    assert (p.field, p.fix) == ("prompts.vllm.pool.min_size", "set prompts.vllm.pool.min_size <= 8")
+    assert (p.field, p.fix) == (
+        "prompts.vllm.pool.min_size",
+        "set prompts.vllm.pool.min_size <= 8 or add nodes",
+    )
     (p,) = check_resources(_cfg(*asks, "prompts.vllm.pool.resources={llm_nod: 1}"), ALL, llm).errors
     assert p.line() == (
         "prompts.vllm.pool.resources: each vLLM engine asks for 1 llm_nod but no node of this "
@@ -401,6 +404,42 @@ def test_a_cluster_that_can_grow_only_warns():
     found = check_resources(_cfg("images.pool.gpus=1", "images.pool.cpus=16"), ALL, grows)
     assert not found.errors
     assert _fields(found.warnings) == ["images.pool.gpus", "images.pool.cpus"]
+
+
+def test_a_fixed_cluster_refuses_and_each_fix_names_what_can_change():
+    """A joined cluster without an autoscaler refuses a request no node holds, as the local
+    Ray does; the fix says how to get more where it can: the local Ray's ray.num_cpus, a
+    fixed cluster's `ray start` of a bigger node (no such hint where the autoscaler grows)."""
+    ask = _cfg("images.pool.cpus=16", "images.pool.min_size=3", "images.pool.max_size=3")
+    fixed = ClusterOffer(
+        nodes=({"CPU": 0.0, "GPU": 0.0}, {"CPU": 2.0, "GPU": 0.0}),
+        can_grow=False,
+        where="Ray cluster at 10.0.0.1:6379, which has no autoscaler",
+    )
+    local = ClusterOffer(
+        nodes=({"CPU": 2.0, "GPU": 0.0},), can_grow=False, where="local Ray", local=True
+    )
+    grows = ClusterOffer(nodes=({"CPU": 2.0, "GPU": 0.0},), can_grow=True, where="remote")
+    fixes = {}
+    for name, offer in (("fixed", fixed), ("local", local), ("grows", grows)):
+        found = check_resources(ask, ALL, offer)
+        problems = found.warnings if offer.can_grow else found.errors
+        assert [p.field for p in problems] == ["images.pool.cpus"], name
+        assert not (found.errors if offer.can_grow else found.warnings)
+        fixes[name] = problems[0].fix
+    assert fixes == {
+        "fixed": "set images.pool.cpus <= 2 or add a node with more (ray start --num-cpus 16)",
+        "local": "set images.pool.cpus <= 2 or start the local Ray with more (ray.num_cpus >= 16)",
+        "grows": "set images.pool.cpus <= 2",
+    }
+    # 3 actors of 1 CPU at once: a fixed cluster may add nodes by hand, the local Ray cannot
+    many = _cfg("images.pool.min_size=3", "images.pool.max_size=3", "images.pool.cpus=1")
+    assert [p.fix for p in check_resources(many, ALL, fixed).errors] == [
+        "set images.pool.min_size <= 2 or add nodes"
+    ]
+    assert [p.fix for p in check_resources(many, ALL, local).errors] == [
+        "set images.pool.min_size <= 2"
+    ]
 
 
 def test_vllm_and_cache_pools_count_only_when_used():
@@ -495,6 +534,7 @@ def test_cluster_offer_matches_the_session_ray(ray_cluster):
     assert offer.max_node == offer.total  # one local node
     assert len(offer.nodes) == len([n for n in ray_cluster.nodes() if n["Alive"]]) == 1
     assert offer.can_grow is False and offer.where == "local Ray, cannot grow"
+    assert offer.local is True
 
 
 # --------------------------------------------------------------------------- 6: the pipeline

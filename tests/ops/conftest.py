@@ -156,6 +156,26 @@ class LocalCluster:
             time.sleep(0.5)
         raise AssertionError("the new worker node never joined")
 
+    def offer(self) -> dict:
+        """What the preflight check sees of this cluster (``cluster_offer()``) from a driver
+        joining it, once the head's monitor has reported (a few seconds after its start)."""
+        script = (
+            "import dataclasses, json, sys, time, ray\n"
+            "from selma_ray.distributed import resources\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False)\n"
+            "gcs = ray.get_runtime_context().gcs_address\n"
+            "deadline = time.time() + 30\n"
+            "while resources._autoscaler_can_add_nodes(gcs) is None and time.time() < deadline:\n"
+            "    time.sleep(0.5)\n"
+            "print(json.dumps(dataclasses.asdict(resources.cluster_offer())))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, self.address], env=self.env, cwd=ROOT,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
     def state(self, kind: str) -> list[dict]:
         """``ray list <kind>`` (Ray's state API through its CLI, with the cluster's token)."""
         out = self.ray(

@@ -85,6 +85,14 @@ class NodeCounter(threading.Thread):
             time.sleep(0.5)
 
 
+def test_a_cluster_with_an_autoscaler_is_seen_as_able_to_grow(autoscaling):
+    """The head runs Ray's autoscaler with a config's node types: a request its current
+    nodes cannot hold stays a warning (the autoscaler may add a node for it)."""
+    offer = autoscaling.offer()
+    assert offer["can_grow"] is True
+    assert "whose autoscaler may add nodes" in offer["where"]
+
+
 def test_image_pool_scales_worker_nodes_up_then_idle_nodes_go(autoscaling):
     assert autoscaling.worker_nodes() == []  # the cluster starts without worker nodes
     counter = NodeCounter(autoscaling)

@@ -109,6 +109,17 @@ def job_run(cluster, tiny_models, s3_env):
     }
 
 
+def test_a_cluster_started_by_hand_is_seen_as_fixed(cluster):
+    """`ray start` without an autoscaling config: Ray's monitor runs its read-only provider,
+    so the preflight check takes the cluster as unable to grow (a request no node holds is
+    an error, not a warning) and counts its three nodes on one host."""
+    offer = cluster.offer()
+    assert offer["can_grow"] is False
+    assert offer["where"].endswith(f":{cluster.port}, which has no autoscaler")
+    assert len(offer["nodes"]) == 3 and sorted(n["CPU"] for n in offer["nodes"]) == [0, 2, 2]
+    assert len(set(offer["hosts"])) == 1  # three raylets, one machine
+
+
 def test_job_on_s3_ran_image_actors_and_experts_on_both_worker_nodes(job_run):
     assert "run directory: s3://selma-multinode/run" in job_run["logs"]
     assert "experts: done" in job_run["logs"]
