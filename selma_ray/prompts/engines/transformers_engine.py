@@ -144,37 +144,42 @@ class _PerRequestSampler:
     """A logits processor that samples each row's next token with that request's own
     ``torch.Generator`` (seeded from ``GenerationRequest.seed``) after its own temperature and
     top-p, as vLLM's ``SamplingParams`` do, and leaves only that token: ``generate()`` runs
-    greedy over the result. A request at temperature 0 is greedy. One draw per row per step,
-    so a row's tokens depend only on its own seed and logits, not on its batch-mates."""
+    greedy over the result. A request at temperature 0 is greedy. Each row draws one uniform
+    number per step from its generator (on the CPU) and takes the token where the cumulative
+    probability of its top-p nucleus, most likely first, passes it, all rows at once; so a
+    row's tokens depend only on its own seed and logits, not on its batch-mates."""
 
     def __init__(self, requests: list[GenerationRequest]) -> None:
+        import torch
+
         self.requests = requests
-        self._generators: list[Any] | None = None
+        self.generators = []
+        for r in requests:
+            g = torch.Generator()
+            g.manual_seed(int(r.seed) % 2**63)
+            self.generators.append(g)
+        self.temperature = torch.tensor([max(r.temperature, 1e-6) for r in requests])
+        self.top_p = torch.tensor([min(max(r.top_p, 0.0), 1.0) for r in requests])
+        self.sampled = torch.tensor([r.temperature > 0 for r in requests])
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        if self._generators is None:
-            self._generators = []
-            for r in self.requests:
-                g = torch.Generator(device=scores.device)
-                g.manual_seed(int(r.seed) % 2**63)
-                self._generators.append(g)
-        out = scores.clone()
-        for i, (req, gen) in enumerate(zip(self.requests, self._generators, strict=True)):
-            if req.temperature <= 0:
-                continue
-            logits = scores[i].float() / req.temperature
-            probs = torch.softmax(logits, dim=-1)
-            if req.top_p < 1.0:
-                # keep the smallest set of most likely tokens whose mass reaches top_p
-                sorted_probs, order = torch.sort(probs, descending=True)
-                before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-                sorted_probs[before >= req.top_p] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            token = torch.multinomial(probs, 1, generator=gen)
-            out[i] = float("-inf")
-            out[i, token] = 0.0
+        device = scores.device
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
+        probs = torch.softmax(scores.float() / self.temperature.to(device)[:, None], dim=-1)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        # the nucleus: the most likely tokens until their mass reaches top_p (the first always)
+        sorted_probs = sorted_probs.masked_fill(before >= self.top_p.to(device)[:, None], 0.0)
+        cdf = torch.cumsum(sorted_probs.double(), dim=-1)
+        target = (u.to(device) * cdf[:, -1])[:, None]
+        pick = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+        tokens = order.gather(1, pick).squeeze(1)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, tokens[:, None], 0.0)
+        greedy = ~self.sampled.to(device)
+        out[greedy] = scores[greedy]
         return out
 
 
