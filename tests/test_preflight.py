@@ -332,7 +332,9 @@ def test_run_dir_must_be_writable(tmp_path):
 
 # --------------------------------------------------------------------------- 5: resources
 
-LOCAL_CPU = ClusterOffer(nodes=({"CPU": 2.0, "GPU": 0.0},), can_grow=False, where="local Ray")
+LOCAL_CPU = ClusterOffer(
+    nodes=({"CPU": 2.0, "GPU": 0.0},), can_grow=False, where="local Ray", local=True
+)
 
 
 def test_gpu_pool_on_a_cluster_without_gpus_is_refused():

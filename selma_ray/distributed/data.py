@@ -81,7 +81,10 @@ def map_rows_with_actors(
         return []
     pool_kwargs: dict[str, Any] = {"min_size": max(1, pool.min_size), "max_size": pool.max_size}
     rows_per_task, n_tasks = task_plan(len(rows), rows_per_task, pool.max_size)
-    table = pa.Table.from_pylist(rows)  # one schema for every block
+    # one table, so every block has one schema; columns are every row's keys (from_pylist
+    # would take the first row's only) and each column's type is inferred from all its values
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.Table.from_pydict({k: [row.get(k) for row in rows] for k in names})
     ds = ray.data.from_arrow(
         [table.slice(i, rows_per_task) for i in range(0, len(rows), rows_per_task)]
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from selma_ray.config import TransformersEngineConfig
 from selma_ray.prompts.engines.transformers_engine import TransformersEngine, _batches
 from selma_ray.prompts.fewshot import build_request
@@ -105,29 +107,53 @@ def test_a_requests_text_depends_on_its_seed_not_on_its_batch(tiny_models):
     single.close()
 
 
-def test_sampler_draws_from_the_top_p_nucleus_at_the_requests_temperature():
-    """The per-request sampler keeps only the top-p nucleus (the first token always), draws
-    with the request's generator, and leaves a greedy (temperature 0) row as it is."""
+@pytest.mark.parametrize(
+    ("temperature", "top_p"), [(1.0, 0.7), (0.5, 0.7), (1.0, 1.0), (2.0, 0.95)]
+)
+def test_sampler_draws_as_transformers_temperature_and_top_p_warpers(temperature, top_p):
+    """The per-request sampler's token frequencies over 4,000 seeds match the distribution
+    of transformers' own TemperatureLogitsWarper + TopPLogitsWarper (the library reference);
+    top_p 1 keeps every token, however unlikely. The same seeds draw the same tokens again,
+    and a temperature-0 row is left to generate()'s greedy choice."""
     import dataclasses
 
     import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
     from selma_ray.prompts.engines.transformers_engine import _PerRequestSampler
 
-    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps the first two tokens
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]] * 2))
-    hot = build_request(BUILTIN_SKILLS["coco"], ["a"], n_items=1, seed=3, max_tokens=4)
-    hot = dataclasses.replace(hot, top_p=0.7, temperature=1.0)
-    greedy = dataclasses.replace(hot, temperature=0.0)
-    seen = []
-    sampler = _PerRequestSampler([hot, greedy])
-    for _ in range(400):
-        out = sampler(None, logits)
-        assert torch.equal(out[1], logits[1])
-        (kept,) = torch.nonzero(out[0] == 0).flatten().tolist()
-        assert torch.isinf(out[0]).sum() == 3
-        seen.append(kept)
-    assert set(seen) == {0, 1}
-    assert abs(seen.count(0) / len(seen) - 0.5 / 0.8) < 0.08
-    again = _PerRequestSampler([hot, greedy])
-    assert [int(torch.argmax(again(None, logits)[0])) for _ in range(400)] == seen
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.04, 0.01]]))
+    warped = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits))
+    reference = torch.softmax(warped, dim=-1)[0]
+    base = build_request(BUILTIN_SKILLS["coco"], ["a"], n_items=1, seed=0, max_tokens=4)
+    n = 4000
+    reqs = [
+        dataclasses.replace(base, seed=s, temperature=temperature, top_p=top_p) for s in range(n)
+    ]
+    greedy = dataclasses.replace(base, temperature=0.0)
+    scores = logits.repeat(n + 1, 1)
+    out = _PerRequestSampler([*reqs, greedy])(None, scores)
+    assert torch.equal(out[-1], scores[-1])
+    assert torch.isinf(out[:-1]).sum(dim=-1).tolist() == [4] * n  # one token left per row
+    tokens = out[:-1].argmax(dim=-1)
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    assert torch.allclose(freq, reference.double(), atol=0.025), (freq, reference)
+    assert (freq > 0).tolist() == (reference > 0).tolist()
+    again = _PerRequestSampler(reqs)(None, scores[:-1]).argmax(dim=-1)
+    assert torch.equal(again, tokens)
+
+
+def test_the_models_own_generation_settings_do_not_change_the_texts(tiny_models):
+    """A model whose generation_config asks for a repetition penalty, n-gram blocking, beams
+    or several sequences answers as one without: the sampler alone picks each token (as the
+    vllm engine's explicit sampling settings)."""
+    coco = BUILTIN_SKILLS["coco"]
+    reqs = [build_request(coco, ["a", "b"], n_items=2, seed=s, max_tokens=12) for s in (1, 2)]
+    engine = TransformersEngine("tiny:llm", TransformersEngineConfig(batch_size=2))
+    plain = [c.text for c in engine.generate(reqs)]
+    config = engine._model.generation_config
+    config.repetition_penalty, config.no_repeat_ngram_size = 1.8, 2
+    config.num_beams, config.num_return_sequences, config.do_sample = 3, 2, True
+    config.temperature, config.top_k = 0.1, 3
+    assert [c.text for c in engine.generate(reqs)] == plain
+    engine.close()

@@ -3,7 +3,10 @@
 Its :meth:`TransformersEngine.token_budget` is the model's context length (as vLLM would derive
 it) and the tokens each request's rendered prompt takes, so the stage can fit requests in.
 Requests are batched in order, a batch holding only requests with the same ``max_tokens``;
-each request samples with its own seeded generator, so its text does not depend on the batch.
+each request samples with its own seeded generator, so its random draws do not depend on the
+batch. On the CPU in float32 its text does not either (the tests check it); on a GPU, or in
+half precision, a row's logits can shift slightly with the batch's padding and shapes, so a
+resumed, smaller batch may still differ after some tokens, as with vLLM.
 """
 
 from __future__ import annotations
@@ -20,6 +23,40 @@ from selma_ray.prompts.engines.base import (
     count_prompt_tokens,
     model_context_length,
 )
+
+#: ``generate()`` settings that leave the choice of each token to :class:`_PerRequestSampler`
+#: alone: greedy over its one kept token, and none of the processors a model's own
+#: ``generation_config`` may ask for (a repetition penalty, beams, several sequences ...), which
+#: vLLM's ``SamplingParams`` (all the vllm engine sets) would not apply either.
+_ONLY_THE_SAMPLER: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    **dict.fromkeys(
+        [
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "typical_p",
+            "repetition_penalty",
+            "encoder_repetition_penalty",
+            "no_repeat_ngram_size",
+            "encoder_no_repeat_ngram_size",
+            "bad_words_ids",
+            "sequence_bias",
+            "min_length",
+            "min_new_tokens",
+            "forced_bos_token_id",
+            "forced_eos_token_id",
+            "exponential_decay_length_penalty",
+            "suppress_tokens",
+            "begin_suppress_tokens",
+            "guidance_scale",
+            "watermarking_config",
+        ]
+    ),
+}
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -90,6 +127,7 @@ class TransformersEngine:
 
         self._load()
         tok, model = self._tokenizer, self._model
+        eos = _eos_ids(model, tok)
         out: list[str | Completion] = []
         for batch in _batches(requests, self.cfg.batch_size):
             rendered = [self._render(r) for r in batch]
@@ -104,21 +142,18 @@ class TransformersEngine:
             max_new = max(r.max_tokens for r in batch)
             with torch.no_grad():
                 # each request samples with its own seeded generator (as vLLM's per-request
-                # seed does), so its text depends neither on its batch-mates nor on the batch
-                # size; generate() itself only takes the one token the sampler left
+                # seed does), whatever its batch-mates and the batch size; generate() itself
+                # only takes the one token the sampler left
                 gen = model.generate(
                     **enc,
-                    do_sample=False,
-                    temperature=None,
-                    top_p=None,
-                    top_k=None,
+                    **_ONLY_THE_SAMPLER,
                     logits_processor=LogitsProcessorList([_PerRequestSampler(batch)]),
                     max_new_tokens=max_new,
                     pad_token_id=tok.pad_token_id,
+                    eos_token_id=sorted(eos),
                 )
             new_tokens = gen[:, enc["input_ids"].shape[1] :]
             prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-            eos = _eos_ids(model, tok)
             for (_, prefix), row, n in zip(rendered, new_tokens, prompt_tokens, strict=True):
                 ids = row.tolist()
                 finished = any(i in eos for i in ids)
@@ -147,7 +182,7 @@ class _PerRequestSampler:
     greedy over the result. A request at temperature 0 is greedy. Each row draws one uniform
     number per step from its generator (on the CPU) and takes the token where the cumulative
     probability of its top-p nucleus, most likely first, passes it, all rows at once; so a
-    row's tokens depend only on its own seed and logits, not on its batch-mates."""
+    row's tokens depend only on its own seed and logits, not on its batch-mates' draws."""
 
     def __init__(self, requests: list[GenerationRequest]) -> None:
         import torch
@@ -159,22 +194,30 @@ class _PerRequestSampler:
             g.manual_seed(int(r.seed) % 2**63)
             self.generators.append(g)
         self.temperature = torch.tensor([max(r.temperature, 1e-6) for r in requests])
-        self.top_p = torch.tensor([min(max(r.top_p, 0.0), 1.0) for r in requests])
+        self.top_p = torch.tensor([min(r.top_p, 1.0) for r in requests], dtype=torch.float64)
         self.sampled = torch.tensor([r.temperature > 0 for r in requests])
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        if scores.shape[0] != len(self.requests):
+            msg = f"{scores.shape[0]} rows of scores for {len(self.requests)} requests"
+            raise ValueError(msg)
         device = scores.device
         u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.generators])
-        probs = torch.softmax(scores.float() / self.temperature.to(device)[:, None], dim=-1)
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        # the nucleus: the most likely tokens until their mass reaches top_p (the first always)
-        sorted_probs = sorted_probs.masked_fill(before >= self.top_p.to(device)[:, None], 0.0)
-        cdf = torch.cumsum(sorted_probs.double(), dim=-1)
+        probs = torch.softmax(scores.double() / self.temperature.to(device)[:, None], dim=-1)
+        # stable: tied logits (common in bf16) keep the token order, whatever the batch
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        cdf = torch.cumsum(sorted_probs, dim=-1)
+        # the nucleus: the most likely tokens until their mass reaches top_p (the first always,
+        # every token at top_p 1)
+        top_p = self.top_p.to(device)[:, None]
+        inside = ((cdf - sorted_probs) < top_p) | (top_p >= 1.0)
+        inside[:, 0] = True
+        cdf = torch.cumsum(sorted_probs * inside, dim=-1)
         target = (u.to(device) * cdf[:, -1])[:, None]
-        pick = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
+        pick = torch.searchsorted(cdf, target, right=True)
+        pick = torch.minimum(pick, inside.sum(dim=-1, keepdim=True) - 1)
         tokens = order.gather(1, pick).squeeze(1)
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, tokens[:, None], 0.0)
