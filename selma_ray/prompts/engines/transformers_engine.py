@@ -150,7 +150,7 @@ class TransformersEngine:
                     logits_processor=LogitsProcessorList([_PerRequestSampler(batch)]),
                     max_new_tokens=max_new,
                     pad_token_id=tok.pad_token_id,
-                    eos_token_id=sorted(eos),
+                    eos_token_id=sorted(eos) or None,
                 )
             new_tokens = gen[:, enc["input_ids"].shape[1] :]
             prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
