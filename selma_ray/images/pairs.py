@@ -155,8 +155,8 @@ def _parquet(data: SkillData, images: bool = True) -> Iterator[RawPair]:
     image_col = data.image_column or "image"
     text_col = data.text_column or "text"
     fs, files = _files(data.uri, ".parquet")
+    wanted = [image_col, text_col] if images else [text_col]
     for path in files:
-        wanted = [image_col, text_col] if images else [text_col]
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             names = parquet.schema_arrow.names

@@ -188,11 +188,7 @@ class _PerRequestSampler:
         import torch
 
         self.requests = requests
-        self.generators = []
-        for r in requests:
-            g = torch.Generator()
-            g.manual_seed(int(r.seed) % 2**63)
-            self.generators.append(g)
+        self.generators = [torch.Generator().manual_seed(int(r.seed) % 2**63) for r in requests]
         self.temperature = torch.tensor([max(r.temperature, 1e-6) for r in requests])
         self.top_p = torch.tensor([min(r.top_p, 1.0) for r in requests], dtype=torch.float64)
         self.sampled = torch.tensor([r.temperature > 0 for r in requests])
